@@ -1,0 +1,200 @@
+"""train: prepared TFRecords -> a SavedModel, with a hand-written training loop.
+
+Reads  data/prepared (train and validation shards, meta.json); the params in PARAMS.
+Writes models/mnist: a SavedModel whose serving_default takes uint8 images [batch, 28, 28]
+       and returns logits, probabilities and classes;
+       metrics/train.json: final train and validation loss and accuracy, and speed;
+       metrics/train_history.tsv: one row per epoch, drawn by `dvc plots show`.
+Keeps  .checkpoints/<key>/: the last finished epoch, so a killed run resumes there; the key
+       hashes every param train reads and the prepared data, and the folder is removed once
+       the model is written.
+Run    dvc repro train
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+from tqdm import tqdm
+
+from stages import records
+from stages.files import atomic_output, run_stage, write_json
+from stages.loop import Trainer, make_eval_dataset, make_strategy, make_train_dataset
+from stages.model import build_model, export_saved_model
+from stages.params import load_params
+
+PARAMS = (
+    "seed", "model", "epochs", "batch_size", "learning_rate", "jit_compile", "deterministic",
+    "steps_per_execution", "distribute", "eval_batch_size",
+)
+HISTORY_COLUMNS = (
+    "epoch", "train_loss", "train_accuracy", "validation_loss", "validation_accuracy",
+)
+
+
+def checkpoint_key(params: dict, data_dir: Path) -> str:
+    """A name for this training run's checkpoints: its params and its data, hashed."""
+    digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode())
+    digest.update((data_dir / "meta.json").read_bytes())
+    return digest.hexdigest()[:16]
+
+
+class Checkpoints:
+    """The last finished epoch of one run: model, optimizer, epoch and the history so far."""
+
+    def __init__(self, directory: Path, trainer: Trainer) -> None:
+        self.directory = directory
+        self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
+        checkpoint = tf.train.Checkpoint(
+            model=trainer.model, optimizer=trainer.optimizer, epoch=self.epoch
+        )
+        self.manager = tf.train.CheckpointManager(checkpoint, directory, max_to_keep=1)
+        self.history_path = directory / "history.json"
+
+    def restore(self) -> list[dict]:
+        """Restore the last finished epoch, if any; return the history up to it."""
+        if self.manager.latest_checkpoint is None:
+            return []
+        self.manager.checkpoint.restore(self.manager.latest_checkpoint).assert_consumed()
+        history = json.loads(self.history_path.read_text())
+        return history[: int(self.epoch.numpy())]
+
+    def save(self, history: list[dict]) -> None:
+        # The history first: if we die between the two writes, restore() trims it.
+        write_json(self.history_path, history)
+        self.epoch.assign(len(history))
+        self.manager.save(checkpoint_number=len(history))
+
+    def remove(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def run_epoch(trainer: Trainer, dataset: tf.data.Dataset, steps: int, chunk: int, epoch: int,
+              progress: tqdm) -> None:
+    """One pass over the training data, `chunk` steps per compiled call."""
+    iterator = iter(trainer.strategy.experimental_distribute_dataset(dataset))
+    done = 0
+    while done < steps:
+        count = min(chunk, steps - done)
+        losses = trainer.train_steps(iterator, tf.constant(count)).numpy()
+        if not np.isfinite(losses).all():
+            bad_step = done + int(np.argmin(np.isfinite(losses))) + 1
+            raise ValueError(
+                f"training diverged: loss is {losses[~np.isfinite(losses)][0]} at epoch "
+                f"{epoch}, step {bad_step}; lower learning_rate in params.yaml"
+            )
+        done += count
+        progress.update(count)
+        progress.set_postfix(loss=f"{trainer.train_loss.result():.4f}", refresh=False)
+
+
+def train(
+    data_dir: Path, params: dict, checkpoint_root: Path
+) -> tuple[Trainer, dict, list[dict], Checkpoints]:
+    """Train on the prepared data; return the trainer, metrics, history and checkpoints."""
+    keras.utils.set_random_seed(params["seed"])
+    if params["deterministic"]:
+        tf.config.experimental.enable_op_determinism()
+    strategy = make_strategy(params["distribute"])
+    train_images, train_labels = records.load_split(data_dir, "train")
+    steps_per_epoch = len(train_images) // params["batch_size"]
+    if steps_per_epoch == 0:
+        raise ValueError(
+            f"params.yaml: batch_size: got {params['batch_size']}, expected at most the "
+            f"{len(train_images)} training examples"
+        )
+    validation = make_eval_dataset(
+        *records.load_split(data_dir, "validation"), params["eval_batch_size"]
+    )
+    with strategy.scope():
+        trainer = Trainer(
+            build_model(params["model"]), keras.optimizers.Adam(params["learning_rate"]),
+            strategy, params["batch_size"], params["jit_compile"],
+        )
+    checkpoints = Checkpoints(checkpoint_root / checkpoint_key(params, data_dir), trainer)
+    history = checkpoints.restore()
+    if history:
+        print(f"train: resuming after epoch {len(history)} from {checkpoints.directory}")
+    trained_examples, train_seconds = 0, 0.0
+    for epoch in range(len(history) + 1, params["epochs"] + 1):
+        trainer.reset_metrics()
+        dataset = make_train_dataset(
+            train_images, train_labels, params["batch_size"], params["seed"] + epoch
+        )
+        start = time.perf_counter()
+        with tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{params['epochs']}",
+                  disable=not sys.stderr.isatty(), leave=False) as progress:
+            run_epoch(trainer, dataset, steps_per_epoch, params["steps_per_execution"], epoch,
+                      progress)
+        seconds = time.perf_counter() - start
+        trained_examples += steps_per_epoch * params["batch_size"]
+        train_seconds += seconds
+        validation_loss, validation_accuracy = trainer.evaluate(validation)
+        history.append({
+            "epoch": epoch,
+            "train_loss": float(trainer.train_loss.result()),
+            "train_accuracy": float(trainer.train_accuracy.result()),
+            "validation_loss": validation_loss,
+            "validation_accuracy": validation_accuracy,
+        })
+        print(
+            f"epoch {epoch}/{params['epochs']}  "
+            f"train loss {history[-1]['train_loss']:.4f} accuracy {history[-1]['train_accuracy']:.4f}"
+            f"  validation loss {validation_loss:.4f} accuracy {validation_accuracy:.4f}"
+            f"  {seconds:.1f} s  {steps_per_epoch * params['batch_size'] / seconds:.0f} examples/s",
+            flush=True,
+        )
+        checkpoints.save(history)
+    final = history[-1]
+    metrics = {
+        "train": {"loss": final["train_loss"], "accuracy": final["train_accuracy"]},
+        "validation": {"loss": final["validation_loss"], "accuracy": final["validation_accuracy"]},
+        "epochs": len(history),
+        # Wall-clock numbers: they vary from run to run, unlike everything above.
+        "timing": {
+            "train_seconds": round(train_seconds, 2),
+            "examples_per_second": round(trained_examples / train_seconds) if train_seconds else 0,
+        },
+    }
+    return trainer, metrics, history, checkpoints
+
+
+def write_history(path: Path, history: list[dict]) -> None:
+    with atomic_output(path) as temporary, temporary.open("w", newline="") as file:
+        writer = csv.DictWriter(file, HISTORY_COLUMNS, delimiter="\t", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(history)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("data", type=Path, help="directory of the prepared TFRecords")
+    parser.add_argument("model", type=Path, help="where to write the SavedModel")
+    parser.add_argument("metrics", type=Path, help="where to write the final metrics JSON")
+    parser.add_argument("history", type=Path, help="where to write the per-epoch TSV")
+    parser.add_argument("--checkpoints", type=Path, default=Path(".checkpoints"),
+                        help="where unfinished runs keep their last epoch (default: %(default)s)")
+    parser.add_argument("--params", default="params.yaml", help="(default: %(default)s)")
+    arguments = parser.parse_args()
+    params = load_params(PARAMS, arguments.params)
+    trainer, metrics, history, checkpoints = train(arguments.data, params, arguments.checkpoints)
+    if trainer.is_chief:
+        with atomic_output(arguments.model) as temporary:
+            export_saved_model(trainer.model, temporary)
+        write_json(arguments.metrics, metrics)
+        write_history(arguments.history, history)
+    checkpoints.remove()
+
+
+if __name__ == "__main__":
+    run_stage(main)
