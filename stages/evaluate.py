@@ -55,26 +55,27 @@ def predict_logits(classifier, images: np.ndarray, batch_size: int) -> np.ndarra
     )
 
 
-def test_metrics(labels: np.ndarray, logits: np.ndarray) -> dict:
+def compute_metrics(labels: np.ndarray, logits: np.ndarray) -> dict:
     """Accuracy, mean cross-entropy and per-class accuracy of `logits` against `labels`."""
     predictions = logits.argmax(axis=1)
     losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits).numpy()
     per_class = {
         str(digit): float(np.mean(predictions[labels == digit] == digit))
-        for digit in range(records.NUM_CLASSES) if np.any(labels == digit)
+        for digit in range(records.NUM_CLASSES)
+        if np.any(labels == digit)
     }
     return {
         "accuracy": float(np.mean(predictions == labels)),
         "loss": float(np.mean(losses)),
-        "examples": int(len(labels)),
+        "examples": len(labels),
         "per_class_accuracy": per_class,
     }
 
 
 def write_confusion(path: Path, labels: np.ndarray, predictions: np.ndarray) -> None:
     with atomic_output(path) as temporary:
-        rows = "".join(f"{actual},{predicted}\n" for actual, predicted in zip(labels, predictions))
-        temporary.write_text("actual,predicted\n" + rows)
+        pairs = zip(labels, predictions, strict=True)
+        temporary.write_text("actual,predicted\n" + "".join(f"{a},{p}\n" for a, p in pairs))
 
 
 def main() -> None:
@@ -89,9 +90,11 @@ def main() -> None:
     classifier = load_classifier(arguments.model)
     images, labels = records.load_split(arguments.data, "test")
     logits = predict_logits(classifier, images, params["eval_batch_size"])
-    metrics = test_metrics(labels, logits)
-    print(f"evaluate: test accuracy {metrics['accuracy']:.4f} loss {metrics['loss']:.4f} "
-          f"on {metrics['examples']} images")
+    metrics = compute_metrics(labels, logits)
+    print(
+        f"evaluate: test accuracy {metrics['accuracy']:.4f} loss {metrics['loss']:.4f} "
+        f"on {metrics['examples']} images"
+    )
     write_json(arguments.metrics, metrics)
     write_confusion(arguments.confusion, labels, logits.argmax(axis=1))
 

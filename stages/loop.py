@@ -33,9 +33,7 @@ def make_train_dataset(
     )
 
 
-def make_eval_dataset(
-    images: np.ndarray, labels: np.ndarray, batch_size: int
-) -> tf.data.Dataset:
+def make_eval_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int) -> tf.data.Dataset:
     """(images, labels, weights) in equal batches; padding examples weigh 0, real ones 1."""
     batch_size = min(batch_size, len(images))
     padding = -len(images) % batch_size
@@ -79,8 +77,12 @@ class Trainer:
     """The model, its optimizer and metrics, and the compiled steps that update them."""
 
     def __init__(
-        self, model: keras.Model, optimizer: keras.Optimizer, strategy: tf.distribute.Strategy,
-        global_batch_size: int, jit_compile: bool,
+        self,
+        model: keras.Model,
+        optimizer: keras.Optimizer,
+        strategy: tf.distribute.Strategy,
+        global_batch_size: int,
+        jit_compile: bool,
     ) -> None:
         self.model, self.optimizer, self.strategy = model, optimizer, strategy
         self.global_batch_size = global_batch_size
@@ -112,7 +114,7 @@ class Trainer:
                 per_example_loss, global_batch_size=self.global_batch_size
             )
         gradients = tape.gradient(loss, self.model.trainable_variables)
-        self.optimizer.apply_gradients(zip(gradients, self.model.trainable_variables))
+        self.optimizer.apply_gradients(zip(gradients, self.model.trainable_variables, strict=True))
         self.train_loss.update_state(per_example_loss)
         self.train_accuracy.update_state(labels, logits)
         return loss

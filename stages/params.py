@@ -7,10 +7,12 @@ and what was expected.
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
@@ -64,10 +66,8 @@ def _coerce(key: str, value: Any, spec: Spec) -> Any:
         return None
     if spec.kind is float and isinstance(value, str):
         # `dvc exp run -S learning_rate=1e-5` writes 1e-05, which YAML 1.1 reads as a string.
-        try:
+        with contextlib.suppress(ValueError):
             value = float(value)
-        except ValueError:
-            pass
     if spec.kind is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     # bool is a subclass of int: `epochs: true` must not pass as 1.
@@ -94,9 +94,7 @@ def load_params(keys: tuple[str, ...], path: str | Path = "params.yaml") -> dict
         raise ValueError(f"{path}: expected a mapping of key: value, got {type(document).__name__}")
     unknown = sorted(set(document) - set(SPECS), key=str)
     if unknown:
-        raise ValueError(
-            f"{path}: unknown key {unknown[0]!r}; known keys are {', '.join(SPECS)}"
-        )
+        raise ValueError(f"{path}: unknown key {unknown[0]!r}; known keys are {', '.join(SPECS)}")
     params = {}
     for key in keys:
         if key not in document:

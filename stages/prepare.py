@@ -93,7 +93,10 @@ def load_raw(path: Path, checksums_path: Path) -> dict[str, np.ndarray]:
 
 
 def split_validation(
-    images: np.ndarray, labels: np.ndarray, validation_size: int, seed: int,
+    images: np.ndarray,
+    labels: np.ndarray,
+    validation_size: int,
+    seed: int,
     max_train_examples: int | None,
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Carve a seeded random validation split out of the training set."""
@@ -106,15 +109,20 @@ def split_validation(
     validation, train = order[:validation_size], order[validation_size:]
     if max_train_examples is not None:
         train = train[:max_train_examples]
-    return {"train": (images[train], labels[train]),
-            "validation": (images[validation], labels[validation])}
+    return {
+        "train": (images[train], labels[train]),
+        "validation": (images[validation], labels[validation]),
+    }
 
 
 def prepare(raw_path: Path, checksums_path: Path, out_dir: Path, params: dict) -> dict:
     """Write the three splits as TFRecord shards under `out_dir`; return the metadata."""
     arrays = load_raw(raw_path, checksums_path)
     splits = split_validation(
-        arrays["x_train"], arrays["y_train"], params["validation_size"], params["seed"],
+        arrays["x_train"],
+        arrays["y_train"],
+        params["validation_size"],
+        params["seed"],
         params["max_train_examples"],
     )
     splits["test"] = (arrays["x_test"], arrays["y_test"])

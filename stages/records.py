@@ -51,7 +51,7 @@ def write_shards(
         name = shard_name(split, index, count)
         start, stop = index * examples_per_shard, (index + 1) * examples_per_shard
         with tf.io.TFRecordWriter(str(directory / name), options) as writer:
-            for image, label in zip(images[start:stop], labels[start:stop]):
+            for image, label in zip(images[start:stop], labels[start:stop], strict=True):
                 writer.write(serialize_example(image, label))
         names.append(name)
     return names
@@ -69,9 +69,9 @@ def read_arrays(paths: list[Path]) -> tuple[np.ndarray, np.ndarray]:
     """Read whole shards into NumPy arrays; a damaged file becomes a ValueError naming it."""
     images, labels = [], []
     for path in paths:
-        dataset = tf.data.TFRecordDataset(str(path), compression_type=COMPRESSION).batch(PARSE_BATCH)
+        dataset = tf.data.TFRecordDataset(str(path), compression_type=COMPRESSION)
         try:
-            for batch_images, batch_labels in dataset.map(parse_batch):
+            for batch_images, batch_labels in dataset.batch(PARSE_BATCH).map(parse_batch):
                 images.append(batch_images.numpy())
                 labels.append(batch_labels.numpy())
         except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as error:
@@ -93,7 +93,9 @@ def read_meta(directory: str | Path) -> dict:
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: not valid JSON ({error}); re-run `dvc repro -f prepare`") from None
+        raise ValueError(
+            f"{path}: not valid JSON ({error}); re-run `dvc repro -f prepare`"
+        ) from None
 
 
 def load_split(directory: str | Path, split: str) -> tuple[np.ndarray, np.ndarray]:

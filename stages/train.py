@@ -34,11 +34,23 @@ from stages.model import build_model, export_saved_model
 from stages.params import load_params
 
 PARAMS = (
-    "seed", "model", "epochs", "batch_size", "learning_rate", "jit_compile", "deterministic",
-    "steps_per_execution", "distribute", "eval_batch_size",
+    "seed",
+    "model",
+    "epochs",
+    "batch_size",
+    "learning_rate",
+    "jit_compile",
+    "deterministic",
+    "steps_per_execution",
+    "distribute",
+    "eval_batch_size",
 )
 HISTORY_COLUMNS = (
-    "epoch", "train_loss", "train_accuracy", "validation_loss", "validation_accuracy",
+    "epoch",
+    "train_loss",
+    "train_accuracy",
+    "validation_loss",
+    "validation_accuracy",
 )
 
 
@@ -79,8 +91,9 @@ class Checkpoints:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
-def run_epoch(trainer: Trainer, dataset: tf.data.Dataset, steps: int, chunk: int, epoch: int,
-              progress: tqdm) -> None:
+def run_epoch(
+    trainer: Trainer, dataset: tf.data.Dataset, steps: int, chunk: int, epoch: int, progress: tqdm
+) -> None:
     """One pass over the training data, `chunk` steps per compiled call."""
     iterator = iter(trainer.strategy.experimental_distribute_dataset(dataset))
     done = 0
@@ -118,8 +131,11 @@ def train(
     )
     with strategy.scope():
         trainer = Trainer(
-            build_model(params["model"]), keras.optimizers.Adam(params["learning_rate"]),
-            strategy, params["batch_size"], params["jit_compile"],
+            build_model(params["model"]),
+            keras.optimizers.Adam(params["learning_rate"]),
+            strategy,
+            params["batch_size"],
+            params["jit_compile"],
         )
     checkpoints = Checkpoints(checkpoint_root / checkpoint_key(params, data_dir), trainer)
     history = checkpoints.restore()
@@ -132,24 +148,31 @@ def train(
             train_images, train_labels, params["batch_size"], params["seed"] + epoch
         )
         start = time.perf_counter()
-        with tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{params['epochs']}",
-                  disable=not sys.stderr.isatty(), leave=False) as progress:
-            run_epoch(trainer, dataset, steps_per_epoch, params["steps_per_execution"], epoch,
-                      progress)
+        with tqdm(
+            total=steps_per_epoch,
+            desc=f"epoch {epoch}/{params['epochs']}",
+            disable=not sys.stderr.isatty(),
+            leave=False,
+        ) as progress:
+            run_epoch(
+                trainer, dataset, steps_per_epoch, params["steps_per_execution"], epoch, progress
+            )
         seconds = time.perf_counter() - start
         trained_examples += steps_per_epoch * params["batch_size"]
         train_seconds += seconds
         validation_loss, validation_accuracy = trainer.evaluate(validation)
-        history.append({
-            "epoch": epoch,
-            "train_loss": float(trainer.train_loss.result()),
-            "train_accuracy": float(trainer.train_accuracy.result()),
-            "validation_loss": validation_loss,
-            "validation_accuracy": validation_accuracy,
-        })
+        history.append(
+            {
+                "epoch": epoch,
+                "train_loss": float(trainer.train_loss.result()),
+                "train_accuracy": float(trainer.train_accuracy.result()),
+                "validation_loss": validation_loss,
+                "validation_accuracy": validation_accuracy,
+            }
+        )
         print(
-            f"epoch {epoch}/{params['epochs']}  "
-            f"train loss {history[-1]['train_loss']:.4f} accuracy {history[-1]['train_accuracy']:.4f}"
+            f"epoch {epoch}/{params['epochs']}  train loss {history[-1]['train_loss']:.4f} "
+            f"accuracy {history[-1]['train_accuracy']:.4f}"
             f"  validation loss {validation_loss:.4f} accuracy {validation_accuracy:.4f}"
             f"  {seconds:.1f} s  {steps_per_epoch * params['batch_size'] / seconds:.0f} examples/s",
             flush=True,
@@ -159,7 +182,6 @@ def train(
     metrics = {
         "train": {"loss": final["train_loss"], "accuracy": final["train_accuracy"]},
         "validation": {"loss": final["validation_loss"], "accuracy": final["validation_accuracy"]},
-        "epochs": len(history),
         # Wall-clock numbers: they vary from run to run, unlike everything above.
         "timing": {
             "train_seconds": round(train_seconds, 2),
@@ -182,8 +204,12 @@ def main() -> None:
     parser.add_argument("model", type=Path, help="where to write the SavedModel")
     parser.add_argument("metrics", type=Path, help="where to write the final metrics JSON")
     parser.add_argument("history", type=Path, help="where to write the per-epoch TSV")
-    parser.add_argument("--checkpoints", type=Path, default=Path(".checkpoints"),
-                        help="where unfinished runs keep their last epoch (default: %(default)s)")
+    parser.add_argument(
+        "--checkpoints",
+        type=Path,
+        default=Path(".checkpoints"),
+        help="where unfinished runs keep their last epoch (default: %(default)s)",
+    )
     parser.add_argument("--params", default="params.yaml", help="(default: %(default)s)")
     arguments = parser.parse_args()
     params = load_params(PARAMS, arguments.params)

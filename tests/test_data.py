@@ -1,0 +1,187 @@
+"""prepare and the TFRecord format: round trips, determinism, and bad input refused."""
+
+import json
+import zipfile
+
+import numpy as np
+import pytest
+
+from stages import records
+from stages.prepare import prepare
+from tests.conftest import synthetic_arrays, write_raw
+
+PARAMS = {"seed": 0, "validation_size": 40, "max_train_examples": None, "examples_per_shard": 64}
+
+
+def test_round_trip_gives_back_the_same_pixels_and_labels(tmp_path):
+    arrays = synthetic_arrays(train=150)
+    images, labels = arrays["x_train"], arrays["y_train"]
+    names = records.write_shards(images, labels, tmp_path, "train", examples_per_shard=64)
+    assert names == [records.shard_name("train", index, 3) for index in range(3)]
+    read_images, read_labels = records.read_arrays([tmp_path / name for name in names])
+    np.testing.assert_array_equal(read_images, images)
+    np.testing.assert_array_equal(read_labels, labels)
+    assert read_images.dtype == np.uint8 and read_labels.dtype == np.int32
+
+
+def test_prepare_splits_the_training_set_and_keeps_the_test_set(prepared, raw_data):
+    _, _, arrays = raw_data
+    meta = records.read_meta(prepared)
+    train_images, train_labels = records.load_split(prepared, "train")
+    validation_images, _ = records.load_split(prepared, "validation")
+    test_images, test_labels = records.load_split(prepared, "test")
+    assert (len(train_images), len(validation_images), len(test_images)) == (200, 40, 60)
+    # The two splits partition the training set: every original image exactly once.
+    together = np.concatenate([train_images, validation_images]).reshape(240, -1)
+    original = arrays["x_train"].reshape(240, -1)
+    assert sorted(map(bytes, together)) == sorted(map(bytes, original))
+    np.testing.assert_array_equal(test_images, arrays["x_test"])
+    np.testing.assert_array_equal(test_labels, arrays["y_test"])
+    assert meta["splits"]["train"]["class_counts"] == np.bincount(train_labels).tolist()
+    assert len(meta["splits"]["train"]["shards"]) == 4  # 200 examples, 64 per shard
+
+
+def test_prepare_is_byte_identical_and_seeded(tmp_path, raw_data, prepared):
+    raw, checksums, _ = raw_data
+    prepare(raw, checksums, tmp_path / "again", PARAMS)
+    for path in prepared.iterdir():
+        assert (tmp_path / "again" / path.name).read_bytes() == path.read_bytes(), path.name
+    prepare(raw, checksums, tmp_path / "other", {**PARAMS, "seed": 1})
+    assert records.read_meta(tmp_path / "other") != records.read_meta(prepared)
+
+
+def test_max_train_examples_caps_the_training_split(tmp_path, raw_data):
+    raw, checksums, _ = raw_data
+    meta = prepare(raw, checksums, tmp_path / "out", {**PARAMS, "max_train_examples": 30})
+    assert meta["splits"]["train"]["examples"] == 30
+    assert meta["splits"]["validation"]["examples"] == 40
+
+
+def bad_arrays(kind):
+    arrays = synthetic_arrays(train=30, test=10)
+    if kind == "missing array":
+        del arrays["y_test"]
+    elif kind == "wrong shape":
+        arrays["x_train"] = arrays["x_train"].reshape(30, 784)
+    elif kind == "wrong dtype":
+        arrays["x_test"] = arrays["x_test"].astype(np.float32)
+    elif kind == "label out of range":
+        arrays["y_train"][3] = 10
+    elif kind == "count mismatch":
+        arrays["y_train"] = arrays["y_train"][:-1]
+    elif kind == "empty split":
+        arrays["x_test"], arrays["y_test"] = arrays["x_test"][:0], arrays["y_test"][:0]
+    return arrays
+
+
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [
+        ("missing array", "missing array 'y_test'"),
+        ("wrong shape", r"x_train has shape \(30, 784\)"),
+        ("wrong dtype", "x_test has shape .* and dtype float32"),
+        ("label out of range", "y_train has labels from 0 to 10"),
+        ("count mismatch", "x_train has 30 images but y_train 29 labels"),
+        ("empty split", "x_test is empty"),
+    ],
+)
+def test_bad_raw_arrays_are_refused_and_nothing_is_written(tmp_path, kind, message):
+    raw, checksums = write_raw(tmp_path / "raw", bad_arrays(kind))
+    with pytest.raises(ValueError, match=f"{raw}: {message}"):
+        prepare(raw, checksums, tmp_path / "out", PARAMS)
+    assert list(tmp_path.iterdir()) == [tmp_path / "raw"]
+
+
+def test_raw_file_that_is_not_an_npz(tmp_path):
+    raw, checksums = write_raw(tmp_path / "raw", synthetic_arrays())
+    raw.write_text("this is not a zip archive")
+    with pytest.raises(ValueError, match=f"{raw}: not a readable .npz archive"):
+        prepare(raw, checksums, tmp_path / "out", PARAMS)
+
+
+def test_truncated_npz(tmp_path):
+    raw, checksums = write_raw(tmp_path / "raw", synthetic_arrays())
+    raw.write_bytes(raw.read_bytes()[:500])
+    with pytest.raises(ValueError, match=f"{raw}: not a readable .npz archive"):
+        prepare(raw, checksums, tmp_path / "out", PARAMS)
+
+
+def test_missing_raw_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="mnist.npz: no such file"):
+        prepare(tmp_path / "mnist.npz", tmp_path / "c.json", tmp_path / "out", PARAMS)
+
+
+def test_checksum_mismatch(tmp_path):
+    arrays = synthetic_arrays()
+    raw, checksums = write_raw(tmp_path / "raw", arrays)
+    arrays["x_train"][0, 0, 0] ^= 1
+    with zipfile.ZipFile(raw, "w") as archive:  # same names, one pixel different
+        for name, array in arrays.items():
+            with archive.open(f"{name}.npy", "w") as file:
+                np.lib.format.write_array(file, array)
+    with pytest.raises(ValueError, match=f"x_train does not match its SHA-256 in {checksums}"):
+        prepare(raw, checksums, tmp_path / "out", PARAMS)
+
+
+def test_validation_size_larger_than_the_training_set(tmp_path, raw_data):
+    raw, checksums, _ = raw_data
+    with pytest.raises(ValueError, match="validation_size: got 240, expected fewer than"):
+        prepare(raw, checksums, tmp_path / "out", {**PARAMS, "validation_size": 240})
+
+
+def test_failed_prepare_keeps_the_previous_output(prepared, raw_data):
+    raw, checksums, _ = raw_data
+    before = {path.name: path.read_bytes() for path in prepared.iterdir()}
+    with pytest.raises(ValueError):
+        prepare(raw, checksums, prepared, {**PARAMS, "validation_size": 10_000})
+    assert {path.name: path.read_bytes() for path in prepared.iterdir()} == before
+    assert [path.name for path in prepared.parent.iterdir() if ".tmp-" in path.name] == []
+
+
+def test_missing_shard(prepared):
+    (prepared / "train-00001-of-00004.tfrecord.gz").unlink()
+    with pytest.raises(FileNotFoundError, match="train-00001-of-00004.tfrecord.gz: missing shard"):
+        records.load_split(prepared, "train")
+
+
+def test_truncated_shard(prepared):
+    shard = prepared / "test-00000-of-00001.tfrecord.gz"
+    shard.write_bytes(shard.read_bytes()[:-200])
+    with pytest.raises(ValueError, match=f"{shard}: not a readable shard"):
+        records.load_split(prepared, "test")
+
+
+def test_corrupted_shard(prepared):
+    shard = prepared / "validation-00000-of-00001.tfrecord.gz"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 64] = bytes(64)
+    shard.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=f"{shard}: not a readable shard"):
+        records.load_split(prepared, "validation")
+
+
+def test_records_with_the_wrong_features(prepared):
+    import tensorflow as tf
+
+    shard = prepared / "test-00000-of-00001.tfrecord.gz"
+    options = tf.io.TFRecordOptions(compression_type=records.COMPRESSION)
+    with tf.io.TFRecordWriter(str(shard), options) as writer:
+        feature = {"pixels": tf.train.Feature(int64_list=tf.train.Int64List(value=[1, 2]))}
+        example = tf.train.Example(features=tf.train.Features(feature=feature))
+        writer.write(example.SerializeToString())
+    with pytest.raises(ValueError, match=f"{shard}: not a readable shard"):
+        records.load_split(prepared, "test")
+
+
+def test_missing_meta(prepared):
+    (prepared / "meta.json").unlink()
+    with pytest.raises(FileNotFoundError, match="meta.json: no such file; run `dvc repro prepare`"):
+        records.load_split(prepared, "train")
+
+
+def test_example_count_disagreeing_with_meta(prepared):
+    meta = records.read_meta(prepared)
+    meta["splits"]["test"]["examples"] = 61
+    (prepared / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="60 test examples, but meta.json says 61"):
+        records.load_split(prepared, "test")

@@ -1,0 +1,132 @@
+"""The real pipeline: `dvc repro`, `dvc exp run -S ...`, metrics and plots, in a scratch repo.
+
+One module-scoped project on real MNIST, capped to a small training subset so the whole
+file runs in about a minute: prepare -> train -> evaluate through DVC itself.
+"""
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, write_params
+
+SMALL = {"max_train_examples": 3000, "validation_size": 1000, "epochs": 2}
+COPIED = [
+    "stages",
+    "dvc.yaml",
+    "data/raw/mnist.npz",
+    "data/raw/checksums.json",
+    ".gitignore",
+    ".dvcignore",
+]
+
+
+def run(command: list[str], cwd: Path, env: dict, timeout: int = 300) -> str:
+    """Run `command`, fail the test if it fails; return its standard output."""
+    result = subprocess.run(
+        command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    root = tmp_path_factory.mktemp("project")
+    for name in COPIED:
+        source, target = REPO / name, root / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_dir():
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(source, target)
+    write_params(root / "params.yaml", **SMALL)
+    env = {
+        **os.environ,
+        # `python` in dvc.yaml's commands must be this interpreter, with its packages.
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "GIT_AUTHOR_NAME": "test",
+        "GIT_AUTHOR_EMAIL": "test@example.invalid",
+        "GIT_COMMITTER_NAME": "test",
+        "GIT_COMMITTER_EMAIL": "test@example.invalid",
+    }
+    run(["git", "init", "-q", "-b", "main"], root, env)
+    run(["dvc", "init", "-q"], root, env)
+    run(["dvc", "config", "core.analytics", "false"], root, env)
+    run(["git", "add", "-A"], root, env)
+    run(["git", "commit", "-qm", "project"], root, env)
+    output = run(["dvc", "repro"], root, env)
+    run(["git", "add", "-A"], root, env)
+    run(["git", "commit", "-qm", "repro"], root, env)
+    return root, env, output
+
+
+def test_repro_runs_every_stage_and_writes_the_outputs(project):
+    root, _, output = project
+    for stage in ("prepare", "train", "evaluate"):
+        assert f"Running stage '{stage}'" in output
+    evaluation = json.loads((root / "metrics/eval.json").read_text())
+    assert evaluation["examples"] == 10_000
+    assert evaluation["accuracy"] > 0.85  # 3,000 training images, 2 epochs
+    assert set(evaluation["per_class_accuracy"]) == {str(digit) for digit in range(10)}
+    training = json.loads((root / "metrics/train.json").read_text())
+    assert training["validation"]["accuracy"] > 0.8
+    history = list(csv.DictReader((root / "metrics/train_history.tsv").open(), delimiter="\t"))
+    assert [row["epoch"] for row in history] == ["1", "2"]
+    assert len((root / "metrics/confusion.csv").read_text().splitlines()) == 10_001
+    assert not (root / ".checkpoints").exists() or not any((root / ".checkpoints").iterdir())
+
+
+def test_saved_model_serves_with_plain_tensorflow(project):
+    root, env, _ = project
+    # A fresh interpreter in a directory without this project's code: TensorFlow only.
+    script = """
+import json, sys, numpy as np, tensorflow as tf
+serve = tf.saved_model.load("model").signatures["serving_default"]
+data = np.load("mnist.npz")
+classes = np.concatenate([serve(images=tf.constant(data["x_test"][i:i + 1000]))["classes"]
+                          for i in range(0, 10000, 1000)])
+print(json.dumps(float(np.mean(classes == data["y_test"]))))
+"""
+    scratch = root.parent / "plain"
+    scratch.mkdir()
+    shutil.copytree(root / "models/mnist", scratch / "model")
+    shutil.copy(root / "data/raw/mnist.npz", scratch / "mnist.npz")
+    output = run([sys.executable, "-c", script], scratch, {**env, "PYTHONPATH": ""})
+    accuracy = json.loads(output.strip().splitlines()[-1])
+    reported = json.loads((root / "metrics/eval.json").read_text())["accuracy"]
+    assert accuracy == pytest.approx(reported)
+
+
+def test_repro_right_after_is_a_no_op(project):
+    root, env, _ = project
+    output = run(["dvc", "repro"], root, env)
+    assert "Running stage" not in output
+    assert "up to date" in output
+
+
+def test_metrics_and_plots_commands(project):
+    root, env, _ = project
+    metrics = run(["dvc", "metrics", "show", "--json"], root, env)
+    assert '"accuracy"' in metrics and "metrics/eval.json" in metrics
+    run(["dvc", "plots", "show"], root, env)
+    page = (root / "dvc_plots/index.html").read_text()
+    assert "Loss per epoch" in page and "Test set confusion matrix" in page
+
+
+def test_experiment_reruns_train_and_evaluate_but_not_prepare(project):
+    root, env, _ = project
+    # As users type it, including the 1e-5 that DVC writes back as 1e-05.
+    output = run(["dvc", "exp", "run", "-S", "epochs=1", "-S", "learning_rate=1e-5"], root, env)
+    assert "Running stage 'prepare'" not in output
+    assert "Running stage 'train'" in output and "Running stage 'evaluate'" in output
+    table = run(["dvc", "exp", "show", "--csv"], root, env)
+    rows = list(csv.DictReader(table.splitlines()))
+    assert {row["epochs"] for row in rows} >= {"1", "2"}
+    assert any(row["learning_rate"] in ("1e-05", "1e-5") for row in rows)

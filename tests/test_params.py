@@ -1,0 +1,109 @@
+import subprocess
+import sys
+
+import pytest
+
+from stages.params import SPECS, load_params
+from tests.conftest import DEFAULT_PARAMS, REPO, write_params
+
+ALL_KEYS = tuple(SPECS)
+
+
+def test_repository_params_are_valid_and_complete():
+    params = load_params(ALL_KEYS, REPO / "params.yaml")
+    assert set(params) == set(SPECS) == set(DEFAULT_PARAMS)
+
+
+def test_learning_rate_written_by_dvc_as_string_is_a_float(tmp_path):
+    # `dvc exp run -S learning_rate=1e-5` writes 1e-05, which PyYAML reads as a string.
+    path = tmp_path / "params.yaml"
+    path.write_text(
+        write_params(path).read_text().replace("learning_rate: 0.001", "learning_rate: 1e-05")
+    )
+    assert load_params(("learning_rate",), path) == {"learning_rate": 1e-05}
+
+
+def test_integer_learning_rate_is_a_float(tmp_path):
+    params = load_params(("learning_rate",), write_params(tmp_path / "p.yaml", learning_rate=1))
+    assert params["learning_rate"] == 1.0 and isinstance(params["learning_rate"], float)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("epochs", -1, "epochs: got -1, expected an integer > 0"),
+        ("epochs", 0, "epochs: got 0, expected an integer > 0"),
+        ("epochs", 2.5, "epochs: got 2.5"),
+        ("epochs", True, "epochs: got True"),
+        ("batch_size", 0, "batch_size: got 0"),
+        ("batch_size", "32", "batch_size: got '32'"),
+        ("learning_rate", 0, "learning_rate: got 0.0, expected a number > 0"),
+        ("learning_rate", "fast", "learning_rate: got 'fast'"),
+        ("jit_compile", "yes please", "jit_compile: got 'yes please', expected true or false"),
+        ("model", "resnet", "model: got 'resnet', expected one of tutorial, convnet"),
+        ("max_train_examples", 0, "max_train_examples: got 0"),
+        ("seed", -3, "seed: got -3"),
+    ],
+)
+def test_bad_values_name_the_key(tmp_path, key, value, message):
+    path = write_params(tmp_path / "params.yaml", **{key: value})
+    with pytest.raises(ValueError, match="params.yaml: " + message.replace(".", r"\.")):
+        load_params(ALL_KEYS, path)
+
+
+def test_null_is_allowed_only_where_documented(tmp_path):
+    path = write_params(tmp_path / "params.yaml", max_train_examples=None)
+    assert load_params(("max_train_examples",), path) == {"max_train_examples": None}
+    with pytest.raises(ValueError, match="epochs: got None"):
+        load_params(("epochs",), write_params(tmp_path / "params.yaml", epochs=None))
+
+
+def test_missing_key(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("seed: 1\n")
+    with pytest.raises(ValueError, match="missing key 'epochs'"):
+        load_params(("seed", "epochs"), path)
+
+
+def test_unknown_key_is_refused(tmp_path):
+    path = write_params(tmp_path / "params.yaml", epoch=3)
+    with pytest.raises(ValueError, match="unknown key 'epoch'"):
+        load_params(("epochs",), path)
+
+
+def test_malformed_yaml_names_the_line(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("seed: 1\nepochs: [5\n")
+    with pytest.raises(ValueError, match=r"params.yaml: malformed YAML at line \d"):
+        load_params(("seed",), path)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.yaml: no such file"):
+        load_params(("seed",), tmp_path / "nope.yaml")
+
+
+def test_stage_reports_bad_params_in_one_line(tmp_path):
+    params = write_params(tmp_path / "params.yaml", validation_size=-5)
+    out = tmp_path / "prepared"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "stages.prepare",
+            "data/raw/mnist.npz",
+            "data/raw/checksums.json",
+            str(out),
+            "--params",
+            str(params),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: {params}: validation_size: got -5, expected an integer > 0"]
+    assert "Traceback" not in result.stderr
+    assert not out.exists()
