@@ -8,8 +8,10 @@ import csv
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -36,9 +38,8 @@ def run(command: list[str], cwd: Path, env: dict, timeout: int = 300) -> str:
     return result.stdout
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    root = tmp_path_factory.mktemp("project")
+def make_project(root: Path, **params) -> dict:
+    """A git + DVC repository at `root` with this project's code, data and `params`."""
     for name in COPIED:
         source, target = REPO / name, root / name
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -46,7 +47,7 @@ def project(tmp_path_factory):
             shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy(source, target)
-    write_params(root / "params.yaml", **SMALL)
+    write_params(root / "params.yaml", **params)
     env = {
         **os.environ,
         # `python` in dvc.yaml's commands must be this interpreter, with its packages.
@@ -61,6 +62,21 @@ def project(tmp_path_factory):
     run(["dvc", "config", "core.analytics", "false"], root, env)
     run(["git", "add", "-A"], root, env)
     run(["git", "commit", "-qm", "project"], root, env)
+    return env
+
+
+def results(root: Path) -> dict:
+    """Every metrics file of `root`, less the wall-clock timings that vary between runs."""
+    files = {path.name: path.read_text() for path in (root / "metrics").iterdir()}
+    training = json.loads(files.pop("train.json"))
+    training.pop("timing")
+    return {**files, "train.json": training}
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    root = tmp_path_factory.mktemp("project")
+    env = make_project(root, **SMALL)
     output = run(["dvc", "repro"], root, env)
     run(["git", "add", "-A"], root, env)
     run(["git", "commit", "-qm", "repro"], root, env)
@@ -120,6 +136,14 @@ def test_metrics_and_plots_commands(project):
     assert "Loss per epoch" in page and "Test set confusion matrix" in page
 
 
+def test_forced_repro_gives_identical_metrics(project):
+    root, env, _ = project
+    before = results(root)
+    output = run(["dvc", "repro", "-f"], root, env)
+    assert "Running stage 'train'" in output
+    assert results(root) == before
+
+
 def test_experiment_reruns_train_and_evaluate_but_not_prepare(project):
     root, env, _ = project
     # As users type it, including the 1e-5 that DVC writes back as 1e-05.
@@ -130,3 +154,35 @@ def test_experiment_reruns_train_and_evaluate_but_not_prepare(project):
     rows = list(csv.DictReader(table.splitlines()))
     assert {row["epochs"] for row in rows} >= {"1", "2"}
     assert any(row["learning_rate"] in ("1e-05", "1e-5") for row in rows)
+
+
+def test_killed_training_resumes_at_its_last_epoch(tmp_path):
+    env = make_project(tmp_path, **{**SMALL, "epochs": 4})
+    checkpoints = tmp_path / ".checkpoints"
+    process = subprocess.Popen(
+        ["dvc", "repro"],
+        cwd=tmp_path,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while not list(checkpoints.glob("*/ckpt-2.index")) and time.monotonic() < deadline:
+            assert process.poll() is None, "dvc repro ended before it could be killed"
+            time.sleep(0.05)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    assert list(checkpoints.glob("*/ckpt-2.index")), "no checkpoint of epoch 2 in time"
+    assert not (tmp_path / "metrics/eval.json").exists()
+
+    output = run(["dvc", "repro"], tmp_path, env)
+    assert "train: resuming after epoch 2" in output or "resuming after epoch 3" in output
+    assert not any(checkpoints.iterdir()), "a finished run's checkpoints are removed"
+    resumed = results(tmp_path)
+
+    run(["dvc", "repro", "-f", "train"], tmp_path, env)  # the same run, uninterrupted
+    assert "resuming" not in output.split("Running stage 'train'")[0]
+    assert results(tmp_path) == resumed
