@@ -1,0 +1,188 @@
+"""predict: real MNIST digits, saved as image files in many guises, through a tiny model."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+from stages import predict
+from stages.evaluate import load_classifier
+from stages.model import export_saved_model, tutorial_model
+from tests.conftest import REPO
+from tests.test_pipeline_spec import stage_imports
+
+TRAIN_EXAMPLES = 3000
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, np.ndarray, np.ndarray]:
+    """A SavedModel of the tutorial model fitted on a few thousand digits (~95% accurate),
+    and one test digit per class that it classifies right as is."""
+    with np.load(REPO / "data/raw/mnist.npz") as mnist:
+        train_images = mnist["x_train"][:TRAIN_EXAMPLES]
+        train_labels = mnist["y_train"][:TRAIN_EXAMPLES]
+        test_images, test_labels = mnist["x_test"][:200], mnist["y_test"][:200]
+    keras.utils.set_random_seed(0)
+    model = tutorial_model()
+    model.compile(
+        optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
+    model.fit(train_images, train_labels, batch_size=32, epochs=3, verbose=0)  # 282 steps
+    directory = tmp_path_factory.mktemp("model") / "mnist"
+    export_saved_model(model, directory)
+    digits, _ = predict.classify(load_classifier(directory), test_images)
+    right = np.flatnonzero(digits == test_labels)
+    chosen = [right[test_labels[right] == digit][0] for digit in range(10)]
+    return directory, test_images[chosen], test_labels[chosen]
+
+
+def _enlarged(image: np.ndarray, size: int) -> np.ndarray:
+    return np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BICUBIC))
+
+
+def _photo(image: np.ndarray, seed: int) -> Image.Image:
+    """Dark ink on grey, noisy, tinted paper, off-centre in a 160x120 RGB page."""
+    generator = np.random.default_rng(seed)
+    page = 185 + generator.normal(0, 6, (120, 160))
+    page[10:94, 60:144] -= _enlarged(image, 84) * (140 / 255)
+    rgb = np.stack([page, page, page * 0.9 + 20], axis=-1)
+    return Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8))
+
+
+VARIANTS = {
+    "plain.png": lambda image, _: Image.fromarray(image),
+    "inverted.png": lambda image, _: Image.fromarray(255 - image),
+    "enlarged.png": lambda image, _: Image.fromarray(_enlarged(image, 112)).convert("RGB"),
+    "photo.jpg": _photo,
+}
+
+
+def _run_main(arguments: list[str], capsys) -> tuple[int, dict[str, int]]:
+    code = predict.main(arguments)
+    lines = capsys.readouterr().out.splitlines()
+    return code, {Path(line.split("\t")[0]).name: int(line.split("\t")[1]) for line in lines}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_digits_are_classified_in_every_guise(trained, variant, tmp_path, capsys):
+    model, images, labels = trained
+    paths = []
+    for index, image in enumerate(images):
+        paths.append(tmp_path / f"{index}-{variant}")
+        VARIANTS[variant](image, index).save(paths[-1])
+    code, predictions = _run_main(["--model", str(model), *map(str, paths)], capsys)
+    assert code == 0
+    assert len(predictions) == len(paths)
+    # The digits are ones the model gets right as plain 28x28 arrays: being right in another
+    # guise is agreeing with the plain prediction.
+    correct = np.sum(np.array([predictions[path.name] for path in paths]) == labels)
+    assert correct >= 9, f"{variant}: {correct} of 10 right: {predictions}"
+
+
+def test_bad_files_are_reported_and_the_others_still_classified(trained, tmp_path):
+    model, images, _ = trained  # images[digit] shows `digit`
+    good = [tmp_path / "three.png", tmp_path / "seven.png"]
+    for path, digit in zip(good, (3, 7), strict=True):
+        Image.fromarray(images[digit]).save(path)
+    (tmp_path / "notes.txt").write_text("not an image\n")
+    files = [good[0], tmp_path / "notes.txt", tmp_path / "missing.png", good[1]]
+    result = subprocess.run(
+        [sys.executable, "-m", "stages.predict", "--model", str(model), *map(str, files)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stdout.splitlines()
+    assert all(re.fullmatch(r"\S+\t\d\t[01]\.\d{4}", line) for line in lines), lines
+    assert [line.split("\t")[:2] for line in lines] == [[str(good[0]), "3"], [str(good[1]), "7"]]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 2
+    assert "notes.txt: not a readable image" in errors[0]
+    assert "missing.png: no such file" in errors[1]
+
+
+def test_a_missing_model_is_one_error_line(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "stages.predict", "--model", str(tmp_path / "nowhere"), "a.png"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(f"error: {tmp_path / 'nowhere'}: ")
+
+
+def test_an_mnist_digit_passes_through_unchanged():
+    with np.load(REPO / "data/raw/mnist.npz") as mnist:
+        digits = mnist["x_test"][:20]
+    for digit in digits:
+        converted = predict.to_mnist(digit)
+        assert converted.shape == (28, 28) and converted.dtype == np.uint8
+        # Only the contrast stretch to a peak of 255 may move a pixel, by one level.
+        assert np.abs(converted.astype(int) - digit).max() <= 1
+        np.testing.assert_array_equal(predict.to_mnist(255 - digit), converted)
+
+
+def _synthetic_page(ink: int, paper: int) -> np.ndarray:
+    """A 90x60 page with a 30x6 stroke and a 6x12 bar off-centre, near the top left."""
+    page = np.full((90, 60), paper, np.uint8)
+    page[10:40, 10:16] = ink
+    page[10:16, 16:28] = ink
+    return page
+
+
+def test_dark_ink_on_light_paper_is_inverted_and_framed():
+    converted = predict.to_mnist(_synthetic_page(ink=20, paper=230))
+    assert converted.shape == (28, 28) and converted.dtype == np.uint8
+    np.testing.assert_array_equal(predict.to_mnist(_synthetic_page(ink=230, paper=20)), converted)
+    rows = np.flatnonzero(converted.any(axis=1))
+    columns = np.flatnonzero(converted.any(axis=0))
+    assert converted.max() == 255 and converted[0].max() == 0  # light ink, black background
+    assert rows[-1] - rows[0] + 1 == 20 and columns[-1] - columns[0] + 1 < 20
+    pixels = converted.astype(float)
+    centre_row = pixels.sum(axis=1) @ np.arange(28) / pixels.sum()
+    centre_column = pixels.sum(axis=0) @ np.arange(28) / pixels.sum()
+    assert abs(centre_row - 14) <= 0.5 and abs(centre_column - 14) <= 0.5
+
+
+def test_a_dim_grey_photo_still_counts_as_dark_ink_on_paper():
+    # Paper at 100 is darker than 128: a median-against-128 rule would keep this as it is.
+    generator = np.random.default_rng(0)
+    page = _synthetic_page(ink=40, paper=100) + generator.normal(0, 4, (90, 60))
+    converted = predict.to_mnist(np.clip(page, 0, 255).astype(np.uint8))
+    reference = predict.to_mnist(_synthetic_page(ink=40, paper=100))
+    np.testing.assert_array_equal(reference, predict.to_mnist(_synthetic_page(ink=20, paper=230)))
+    assert np.mean(converted[reference == 0] < 32) > 0.95  # the paper has become black
+    assert np.mean(np.abs(converted.astype(int) - reference)) < 8
+
+
+def test_a_blank_page_gives_a_black_image():
+    converted = predict.to_mnist(np.full((50, 40), 200, np.uint8))
+    np.testing.assert_array_equal(converted, np.zeros((28, 28), np.uint8))
+
+
+def test_a_drawing_on_a_transparent_background_is_read_as_on_white(tmp_path):
+    rgba = np.zeros((40, 40, 4), np.uint8)  # transparent black, as drawing apps save it
+    rgba[5:35, 18:22] = (0, 0, 0, 255)
+    Image.fromarray(rgba).save(tmp_path / "drawing.png")
+    gray = predict.read_image(tmp_path / "drawing.png")
+    assert gray[0, 0] == 255 and gray[20, 20] == 0
+
+
+def test_predict_uses_the_saved_model_alone():
+    training_code = {"stages.model", "stages.train", "stages.loop"}
+    assert not stage_imports("stages.predict") & training_code
