@@ -18,6 +18,7 @@ import yaml
 
 MODELS = ("tutorial", "convnet")
 STRATEGIES = ("none", "mirrored", "multi_worker")
+SCHEDULES = ("constant", "cosine")
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,9 @@ SPECS: dict[str, Spec] = {
     "epochs": Spec(int, _positive, "an integer > 0"),
     "batch_size": Spec(int, _positive, "an integer > 0"),
     "learning_rate": Spec(float, lambda value: 0 < value < math.inf, "a number > 0"),
+    "learning_rate_schedule": Spec(
+        str, lambda value: value in SCHEDULES, f"one of {', '.join(SCHEDULES)}"
+    ),
     "jit_compile": Spec(bool, _always, "true or false"),
     "deterministic": Spec(bool, _always, "true or false"),
     "steps_per_execution": Spec(int, _positive, "an integer > 0"),
