@@ -4,7 +4,8 @@ Reads  models/mnist (through its serving_default signature only: none of the tra
        code), data/prepared (test shards and meta.json), the params in PARAMS.
 Writes metrics/eval.json: accuracy and loss over every test image, per-class accuracy;
        metrics/confusion.csv: one (actual, predicted) row per test image, for the
-       confusion matrix of `dvc plots show`.
+       confusion matrix of `dvc plots show`;
+       metrics/mistakes.png: the most confident wrong predictions, shown by `dvc plots show`.
 Run    dvc repro evaluate
 """
 
@@ -15,12 +16,22 @@ from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
+from PIL import Image, ImageDraw, ImageFont
 
 from stages import records
 from stages.files import atomic_output, run_stage, write_json
 from stages.params import load_params
 
 PARAMS = ("eval_batch_size",)
+
+# The mistakes grid. Presentation only, so constants rather than params: changing them
+# must not invalidate an experiment.
+MISTAKES_SHOWN = 24
+GRID_COLUMNS = 6
+DIGIT_SCALE = 4  # each MNIST pixel becomes a crisp 4x4 block: 28 -> 112 pixels
+TILE_WIDTH, TILE_HEIGHT = 160, 140  # wide enough for "true 7 / predicted 2 (0.99)"
+HEADER_HEIGHT = 28
+FONT_SIZE = 12
 
 
 def load_classifier(directory: Path):
@@ -78,12 +89,66 @@ def write_confusion(path: Path, labels: np.ndarray, predictions: np.ndarray) -> 
         temporary.write_text("actual,predicted\n" + "".join(f"{a},{p}\n" for a, p in pairs))
 
 
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits.astype(np.float64) - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+def most_confident_mistakes(
+    labels: np.ndarray, probabilities: np.ndarray, count: int
+) -> np.ndarray:
+    """Indices of up to `count` wrong predictions, the most confident first."""
+    wrong = np.flatnonzero(probabilities.argmax(axis=1) != labels)
+    confidence = probabilities[wrong].max(axis=1)
+    # Stable: equal confidences keep test-set order, so the grid is the same every run.
+    return wrong[np.argsort(-confidence, kind="stable")[:count]]
+
+
+def draw_mistakes(
+    images: np.ndarray, labels: np.ndarray, logits: np.ndarray, count: int = MISTAKES_SHOWN
+) -> Image.Image:
+    """A grid of the `count` most confident mistakes: each digit, its true and predicted label."""
+    probabilities = softmax(logits)
+    chosen = most_confident_mistakes(labels, probabilities, count)
+    wrong = int(np.sum(probabilities.argmax(axis=1) != labels))
+    rows = -(-len(chosen) // GRID_COLUMNS)
+    grid = Image.new("L", (GRID_COLUMNS * TILE_WIDTH, HEADER_HEIGHT + rows * TILE_HEIGHT), 255)
+    draw = ImageDraw.Draw(grid)
+    # Pillow's built-in font (in its wheel): no font file to ship or to find.
+    font = ImageFont.load_default(size=FONT_SIZE)
+    title = (
+        f"The {len(chosen)} most confident of {wrong} mistakes on {len(labels):,} test images"
+        if wrong
+        else f"No mistakes on {len(labels):,} test images"
+    )
+    draw.text((8, 8), title, fill=0, font=font)
+    size = records.IMAGE_SIZE * DIGIT_SCALE
+    for position, index in enumerate(chosen):
+        left = (position % GRID_COLUMNS) * TILE_WIDTH + (TILE_WIDTH - size) // 2
+        top = HEADER_HEIGHT + (position // GRID_COLUMNS) * TILE_HEIGHT
+        # Dark ink on white paper, as people write digits; NEAREST keeps the pixels visible.
+        digit = Image.fromarray(255 - images[index]).resize((size, size), Image.Resampling.NEAREST)
+        grid.paste(digit, (left, top))
+        draw.rectangle((left - 1, top - 1, left + size, top + size), outline=200)
+        predicted = int(probabilities[index].argmax())
+        caption = f"true {labels[index]} / predicted {predicted} ({probabilities[index].max():.2f})"
+        draw.text((left + size // 2, top + size + 6), caption, fill=0, font=font, anchor="ma")
+    return grid
+
+
+def write_mistakes(path: Path, images: np.ndarray, labels: np.ndarray, logits: np.ndarray) -> None:
+    with atomic_output(path) as temporary:
+        # No metadata (time, software): the same predictions give the same PNG bytes.
+        draw_mistakes(images, labels, logits).save(temporary, format="PNG", optimize=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", type=Path, help="the SavedModel directory")
     parser.add_argument("data", type=Path, help="directory of the prepared TFRecords")
     parser.add_argument("metrics", type=Path, help="where to write the test metrics JSON")
     parser.add_argument("confusion", type=Path, help="where to write (actual, predicted) CSV")
+    parser.add_argument("mistakes", type=Path, help="where to write the mistakes grid PNG")
     parser.add_argument("--params", default="params.yaml", help="(default: %(default)s)")
     arguments = parser.parse_args()
     params = load_params(PARAMS, arguments.params)
@@ -97,6 +162,7 @@ def main() -> None:
     )
     write_json(arguments.metrics, metrics)
     write_confusion(arguments.confusion, labels, logits.argmax(axis=1))
+    write_mistakes(arguments.mistakes, images, labels, logits)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from stages.evaluate import load_classifier, predict_logits
+from stages.evaluate import load_classifier, predict_logits, softmax
 from stages.files import run_stage
 from stages.records import IMAGE_SIZE
 
@@ -111,9 +111,7 @@ def to_mnist(gray: np.ndarray) -> np.ndarray:
 
 def classify(classifier, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The predicted digit and its probability for each of the uint8 images [n, 28, 28]."""
-    logits = predict_logits(classifier, images, BATCH_SIZE).astype(np.float64)
-    probabilities = np.exp(logits - logits.max(axis=1, keepdims=True))
-    probabilities /= probabilities.sum(axis=1, keepdims=True)
+    probabilities = softmax(predict_logits(classifier, images, BATCH_SIZE))
     digits = probabilities.argmax(axis=1)
     return digits, probabilities[np.arange(len(digits)), digits]
 

@@ -1,11 +1,26 @@
-"""evaluate: metrics against Keras' own metrics, and models it must refuse."""
+"""evaluate: metrics against Keras' own metrics, models it must refuse, the mistakes grid."""
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from PIL import Image
 
-from stages.evaluate import compute_metrics, load_classifier, predict_logits, write_confusion
+from stages.evaluate import (
+    DIGIT_SCALE,
+    GRID_COLUMNS,
+    HEADER_HEIGHT,
+    TILE_HEIGHT,
+    TILE_WIDTH,
+    compute_metrics,
+    draw_mistakes,
+    load_classifier,
+    most_confident_mistakes,
+    predict_logits,
+    softmax,
+    write_confusion,
+    write_mistakes,
+)
 from stages.model import build_model, export_saved_model
 
 
@@ -61,3 +76,85 @@ def test_model_with_another_signature(tmp_path):
     tf.saved_model.save(module, str(tmp_path / "model"), signatures=signatures)
     with pytest.raises(ValueError, match="expected images: uint8"):
         load_classifier(tmp_path / "model")
+
+
+def predictions_with_mistakes(wrong: int, right: int = 10, seed: int = 3):
+    """Random digits, their labels, and logits that get the first `wrong` of them wrong.
+
+    Returns the images, labels, logits and the wrong images' indices, most confident first.
+    """
+    rng = np.random.default_rng(seed)
+    count = wrong + right
+    images = rng.integers(0, 256, (count, 28, 28), dtype=np.uint8)
+    labels = np.arange(count) % 10
+    logits = np.zeros((count, 10), np.float32)
+    logits[np.arange(wrong, count), labels[wrong:]] = 6.0
+    # A distinct margin per mistake, in shuffled order: confidence grows with the margin.
+    margins = rng.permutation(wrong) * 0.25 + 1.0
+    logits[np.arange(wrong), (labels[:wrong] + 1) % 10] = margins
+    return images, labels, logits, np.argsort(-margins)
+
+
+def enlarged(image: np.ndarray) -> np.ndarray:
+    """How the grid shows a digit: dark ink on white, each pixel a DIGIT_SCALE square."""
+    return np.kron(255 - image, np.ones((DIGIT_SCALE, DIGIT_SCALE), np.uint8))
+
+
+def tile(grid: Image.Image, position: int) -> np.ndarray:
+    """The enlarged digit in the grid's tile number `position` (row by row)."""
+    size = 28 * DIGIT_SCALE
+    left = (position % GRID_COLUMNS) * TILE_WIDTH + (TILE_WIDTH - size) // 2
+    top = HEADER_HEIGHT + (position // GRID_COLUMNS) * TILE_HEIGHT
+    return np.asarray(grid)[top : top + size, left : left + size]
+
+
+def test_mistakes_are_the_wrong_predictions_most_confident_first():
+    _, labels, logits, expected = predictions_with_mistakes(wrong=30)
+    chosen = most_confident_mistakes(labels, softmax(logits), count=24)
+    np.testing.assert_array_equal(chosen, expected[:24])
+    confidence = softmax(logits)[chosen].max(axis=1)
+    assert np.all(np.diff(confidence) < 0)
+
+
+def test_equally_confident_mistakes_keep_test_set_order():
+    labels = np.array([0, 1, 2, 3])
+    logits = np.zeros((4, 10), np.float32)
+    logits[[0, 1, 2, 3], [5, 1, 5, 5]] = [2.0, 9.0, 2.0, 3.0]
+    chosen = most_confident_mistakes(labels, softmax(logits), count=10)
+    np.testing.assert_array_equal(chosen, [3, 0, 2])
+
+
+def test_mistakes_grid_shows_each_digit_enlarged_in_confidence_order():
+    images, labels, logits, expected = predictions_with_mistakes(wrong=30)
+    grid = draw_mistakes(images, labels, logits, count=24)
+    assert grid.size == (GRID_COLUMNS * TILE_WIDTH, HEADER_HEIGHT + 4 * TILE_HEIGHT)
+    for position, index in enumerate(expected[:24]):
+        np.testing.assert_array_equal(tile(grid, position), enlarged(images[index]))
+
+
+def test_fewer_mistakes_than_tiles_make_fewer_rows():
+    images, labels, logits, expected = predictions_with_mistakes(wrong=7)
+    grid = draw_mistakes(images, labels, logits, count=24)
+    assert grid.size == (GRID_COLUMNS * TILE_WIDTH, HEADER_HEIGHT + 2 * TILE_HEIGHT)
+    np.testing.assert_array_equal(tile(grid, 6), enlarged(images[expected[6]]))
+
+
+def test_mistakes_png_is_the_same_bytes_every_time(tmp_path):
+    images, labels, logits, _ = predictions_with_mistakes(wrong=30)
+    write_mistakes(tmp_path / "first.png", images, labels, logits)
+    write_mistakes(tmp_path / "second.png", images, labels, logits.copy())
+    assert (tmp_path / "first.png").read_bytes() == (tmp_path / "second.png").read_bytes()
+    with Image.open(tmp_path / "first.png") as image:
+        assert image.format == "PNG"
+        np.testing.assert_array_equal(
+            np.asarray(image), np.asarray(draw_mistakes(images, labels, logits))
+        )
+
+
+def test_no_mistakes_gives_a_header_only_image(tmp_path):
+    images, labels, logits, _ = predictions_with_mistakes(wrong=0)
+    write_mistakes(tmp_path / "mistakes.png", images, labels, logits)
+    with Image.open(tmp_path / "mistakes.png") as image:
+        assert image.size == (GRID_COLUMNS * TILE_WIDTH, HEADER_HEIGHT)
+        assert np.asarray(image).min() < 128  # the "No mistakes" line is written on it
+    assert [path.name for path in tmp_path.iterdir()] == ["mistakes.png"]
