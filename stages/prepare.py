@@ -10,6 +10,12 @@ Run    dvc repro prepare
 The validation split is a seeded random sample of the training set; the test set is
 written untouched. Same input and params give byte-identical files, so DVC sees no change
 and the stages downstream do not re-run.
+
+Memory does not grow with the data set's images: each array is copied out of the .npz to
+an uncompressed .npy inside the output-to-be, CHUNK_BYTES at a time, and read through a
+memory map one shard of images at a time (examples_per_shard x 784 bytes). Held whole, per
+image: the split's order (8 bytes) and the labels it selects (1 byte as uint8), 7 MB for
+800,000 images. The copies need the arrays' uncompressed size on disk while prepare runs.
 """
 
 from __future__ import annotations
@@ -17,7 +23,9 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import shutil
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -28,14 +36,22 @@ from stages.params import load_params
 
 PARAMS = ("seed", "validation_size", "max_train_examples", "examples_per_shard")
 ARRAYS = ("x_train", "y_train", "x_test", "y_test")
+# Arrays are copied and hashed this many bytes at a time.
+CHUNK_BYTES = 2**20
 
 
 def sha256_of_array(array: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
+    """SHA-256 of the array's bytes in C order, hashed a block of rows at a time."""
+    digest = hashlib.sha256()
+    rows = max(1, CHUNK_BYTES // max(1, array[:1].nbytes))
+    for start in range(0, len(array), rows):
+        digest.update(np.ascontiguousarray(array[start : start + rows]).tobytes())
+    return digest.hexdigest()
 
 
 def sha256_of_file(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    with path.open("rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()
 
 
 def check_split(path: Path, images: np.ndarray, labels: np.ndarray, split: str) -> None:
@@ -64,15 +80,34 @@ def check_split(path: Path, images: np.ndarray, labels: np.ndarray, split: str) 
         )
 
 
-def load_raw(path: Path, checksums_path: Path) -> dict[str, np.ndarray]:
-    """Load and check the raw arrays against their shapes, ranges and checksums."""
+def extract_arrays(path: Path, directory: Path) -> dict[str, np.ndarray]:
+    """The arrays of the .npz `path`, copied to .npy files in `directory` and memory-mapped.
+
+    np.load of an .npz decompresses each array whole into memory; this streams it to disk
+    in chunks instead, and the maps read only the rows that are used.
+    """
+    directory.mkdir()
+    arrays = {}
+    try:
+        with zipfile.ZipFile(path) as archive:
+            present = set(archive.namelist())
+            for name in ARRAYS:
+                if f"{name}.npy" not in present:
+                    continue  # load_raw names the first missing one
+                copy = directory / f"{name}.npy"
+                with archive.open(f"{name}.npy") as source, copy.open("wb") as target:
+                    shutil.copyfileobj(source, target, CHUNK_BYTES)
+                arrays[name] = np.load(copy, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+        raise ValueError(f"{path}: not a readable .npz archive ({error})") from None
+    return arrays
+
+
+def load_raw(path: Path, checksums_path: Path, scratch: Path) -> dict[str, np.ndarray]:
+    """The raw arrays (memory maps into `scratch`), checked: shapes, ranges and checksums."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file; it is committed with the repository")
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            arrays = {name: archive[name] for name in archive.files if name in ARRAYS}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
-        raise ValueError(f"{path}: not a readable .npz archive ({error})") from None
+    arrays = extract_arrays(path, scratch)
     missing = [name for name in ARRAYS if name not in arrays]
     if missing:
         raise ValueError(f"{path}: missing array {missing[0]!r}; expected {', '.join(ARRAYS)}")
@@ -93,53 +128,67 @@ def load_raw(path: Path, checksums_path: Path) -> dict[str, np.ndarray]:
 
 
 def split_validation(
-    images: np.ndarray,
-    labels: np.ndarray,
-    validation_size: int,
-    seed: int,
-    max_train_examples: int | None,
-) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Carve a seeded random validation split out of the training set."""
-    if validation_size >= len(images):
+    num_images: int, validation_size: int, seed: int, max_train_examples: int | None
+) -> dict[str, np.ndarray]:
+    """The training set's indices, split: a seeded random sample for validation, the rest."""
+    if validation_size >= num_images:
         raise ValueError(
             f"params.yaml: validation_size: got {validation_size}, expected fewer than the "
-            f"{len(images)} training images"
+            f"{num_images} training images"
         )
-    order = np.random.default_rng(seed).permutation(len(images))
+    order = np.random.default_rng(seed).permutation(num_images)
     validation, train = order[:validation_size], order[validation_size:]
     if max_train_examples is not None:
         train = train[:max_train_examples]
+    return {"train": train, "validation": validation}
+
+
+def write_split(
+    images: np.ndarray,
+    labels: np.ndarray,
+    indices: np.ndarray,
+    directory: Path,
+    split: str,
+    examples_per_shard: int,
+) -> dict:
+    """Write the examples `indices` of `images` and `labels` as shards; return their meta."""
+    names = records.write_shards(images, labels, directory, split, examples_per_shard, indices)
+    print(f"prepare: {split:<10} {len(indices):>6} examples in {len(names)} shard(s)")
     return {
-        "train": (images[train], labels[train]),
-        "validation": (images[validation], labels[validation]),
+        "examples": len(indices),
+        "class_counts": np.bincount(labels[indices], minlength=records.NUM_CLASSES).tolist(),
+        "shards": {name: sha256_of_file(directory / name) for name in names},
     }
 
 
 def prepare(raw_path: Path, checksums_path: Path, out_dir: Path, params: dict) -> dict:
     """Write the three splits as TFRecord shards under `out_dir`; return the metadata."""
-    arrays = load_raw(raw_path, checksums_path)
-    splits = split_validation(
-        arrays["x_train"],
-        arrays["y_train"],
-        params["validation_size"],
-        params["seed"],
-        params["max_train_examples"],
-    )
-    splits["test"] = (arrays["x_test"], arrays["y_test"])
-    meta = {"source": {"file": raw_path.name, "sha256": sha256_of_file(raw_path)}, "splits": {}}
     with atomic_output(out_dir) as temporary:
         temporary.mkdir()
-        for split in records.SPLITS:
-            images, labels = splits[split]
-            names = records.write_shards(
-                images, labels, temporary, split, params["examples_per_shard"]
-            )
-            meta["splits"][split] = {
-                "examples": len(images),
-                "class_counts": np.bincount(labels, minlength=records.NUM_CLASSES).tolist(),
-                "shards": {name: sha256_of_file(temporary / name) for name in names},
-            }
-            print(f"prepare: {split:<10} {len(images):>6} examples in {len(names)} shard(s)")
+        # The uncompressed copies sit inside the output-to-be: removed below, or with it
+        # if prepare fails, or by the next run if this one is killed.
+        scratch = temporary / "raw-arrays.tmp"
+        arrays = load_raw(raw_path, checksums_path, scratch)
+        order = split_validation(
+            len(arrays["x_train"]),
+            params["validation_size"],
+            params["seed"],
+            params["max_train_examples"],
+        )
+        splits = {
+            "train": (arrays["x_train"], arrays["y_train"], order["train"]),
+            "validation": (arrays["x_train"], arrays["y_train"], order["validation"]),
+            "test": (arrays["x_test"], arrays["y_test"], np.arange(len(arrays["x_test"]))),
+        }
+        meta = {
+            "source": {"file": raw_path.name, "sha256": sha256_of_file(raw_path)},
+            "splits": {
+                split: write_split(*splits[split], temporary, split, params["examples_per_shard"])
+                for split in records.SPLITS
+            },
+        }
+        del arrays, splits  # unmap the copies before removing them
+        shutil.rmtree(scratch)
         write_json(temporary / "meta.json", meta)
     return meta
 

@@ -41,17 +41,27 @@ def serialize_example(image: np.ndarray, label: int) -> bytes:
 
 
 def write_shards(
-    images: np.ndarray, labels: np.ndarray, directory: Path, split: str, examples_per_shard: int
+    images: np.ndarray,
+    labels: np.ndarray,
+    directory: Path,
+    split: str,
+    examples_per_shard: int,
+    indices: np.ndarray | None = None,
 ) -> list[str]:
-    """Write `images` [n, 28, 28] uint8 and `labels` [n] as shards; return their names."""
-    count = max(1, math.ceil(len(images) / examples_per_shard))
+    """Write `images` [n, 28, 28] uint8 and `labels` [n] as shards; return their names.
+
+    `indices` picks the examples and their order (default: all, as they are). Only one
+    shard's images are read at a time, so `images` may be a memory map of any size.
+    """
+    indices = np.arange(len(images)) if indices is None else indices
+    count = max(1, math.ceil(len(indices) / examples_per_shard))
     options = tf.io.TFRecordOptions(compression_type=COMPRESSION)
     names = []
     for index in range(count):
         name = shard_name(split, index, count)
-        start, stop = index * examples_per_shard, (index + 1) * examples_per_shard
+        selected = indices[index * examples_per_shard : (index + 1) * examples_per_shard]
         with tf.io.TFRecordWriter(str(directory / name), options) as writer:
-            for image, label in zip(images[start:stop], labels[start:stop], strict=True):
+            for image, label in zip(images[selected], labels[selected], strict=True):
                 writer.write(serialize_example(image, label))
         names.append(name)
     return names
@@ -98,8 +108,8 @@ def read_meta(directory: str | Path) -> dict:
         ) from None
 
 
-def load_split(directory: str | Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """Read a split whole, checked against meta.json: uint8 images [n, 28, 28], labels [n]."""
+def split_shards(directory: str | Path, split: str) -> tuple[int, list[Path]]:
+    """A split's example count and its shard files in order, as meta.json lists them."""
     directory = Path(directory)
     try:
         expected = read_meta(directory)["splits"][split]
@@ -115,8 +125,26 @@ def load_split(directory: str | Path, split: str) -> tuple[np.ndarray, np.ndarra
                 f"{path}: missing shard listed in meta.json; re-create it with "
                 "`dvc repro -f prepare`"
             )
-    images, labels = read_arrays(paths)
-    if len(images) != expected_count:
+    return expected_count, paths
+
+
+def load_split(
+    directory: str | Path, split: str, part: int = 0, parts: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
+    """Read a split, checked against meta.json: uint8 images [n, 28, 28], labels [n].
+
+    With `parts` > 1, only the shard files part::parts (one worker's share).
+    """
+    directory = Path(directory)
+    expected_count, paths = split_shards(directory, split)
+    if parts > len(paths):
+        raise ValueError(
+            f"{directory}: {len(paths)} {split} shard(s) for {parts} workers, expected at least "
+            "one each; lower examples_per_shard in params.yaml and re-run `dvc repro prepare`"
+        )
+    images, labels = read_arrays(paths[part::parts])
+    # A share's size is not in meta.json: only a whole split can be counted against it.
+    if parts == 1 and len(images) != expected_count:
         raise ValueError(
             f"{directory}: {len(images)} {split} examples, but meta.json says {expected_count}; "
             "re-create them with `dvc repro -f prepare`"

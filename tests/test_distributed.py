@@ -1,0 +1,238 @@
+"""tf.distribute on this CPU: `mirrored` over two logical devices, and two local workers.
+
+A strategy is fixed when TensorFlow initialises its devices, so each run is a fresh
+`python -m stages.train` process, as dvc.yaml runs it. Every process has a time limit,
+and when one fails the others are killed: a worker whose peer is gone waits for ever.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from stages import records
+from tests.conftest import REPO, synthetic_arrays, write_params
+
+# A small learning rate: on the synthetic digits the loss falls over all three epochs
+# instead of reaching zero in the first, so the two trajectories are compared all along.
+SMALL = {
+    "epochs": 3,
+    "batch_size": 16,
+    "learning_rate": 1e-4,
+    "steps_per_execution": 4,
+    "eval_batch_size": 32,
+    "seed": 3,
+}
+TIME_LIMIT = 120  # seconds, for each group of processes; they take 5-15 s here
+# `none` and `mirrored` add the same numbers in a different order (two half-batch
+# gradients summed across replicas): 1e-7 relative apart here after 3 epochs (36 steps);
+# the gap grows with the steps (1e-3 after 250 steps of real MNIST).
+LOSS_TOLERANCE = 1e-4
+
+
+def free_ports(count: int) -> list[int]:
+    """Loopback ports nobody listens on now (the OS picks them; released before use)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def environment(**variables: str) -> dict:
+    env = {name: value for name, value in os.environ.items() if name != "TF_CONFIG"}
+    return {**env, "PYTHONPATH": str(REPO), **variables}
+
+
+def train_command(data: Path, out: Path, params: Path) -> list[str]:
+    """The train stage's command line, as in dvc.yaml, writing under `out`."""
+    return [
+        sys.executable,
+        "-m",
+        "stages.train",
+        str(data),
+        str(out / "model"),
+        str(out / "train.json"),
+        str(out / "history.tsv"),
+        "--params",
+        str(params),
+        "--checkpoints",
+        str(out / "checkpoints"),
+    ]
+
+
+def run_together(
+    commands: list[tuple[list[str], dict]], cwd: Path, time_limit: float = TIME_LIMIT
+) -> list[str]:
+    """Run `commands` (command, environment) at once; return each one's output.
+
+    Fails the test as soon as one exits with an error, or when `time_limit` runs out,
+    after killing every process still running.
+    """
+    logs = [cwd / f"process-{index}.log" for index in range(len(commands))]
+    processes = []
+    try:
+        for (command, env), log in zip(commands, logs, strict=True):
+            with log.open("w") as file:
+                processes.append(
+                    subprocess.Popen(
+                        command,
+                        cwd=cwd,
+                        env=env,
+                        stdout=file,
+                        stderr=subprocess.STDOUT,
+                        start_new_session=True,  # its own process group, killed whole
+                    )
+                )
+        deadline = time.monotonic() + time_limit
+        while time.monotonic() < deadline:
+            codes = [process.poll() for process in processes]
+            if None not in codes or any(code not in (None, 0) for code in codes):
+                break
+            time.sleep(0.1)
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    outputs = [log.read_text() for log in logs]
+    codes = [process.returncode for process in processes]
+    if codes != [0] * len(commands):
+        report = "\n".join(f"--- process {i} ---\n{out[-3000:]}" for i, out in enumerate(outputs))
+        pytest.fail(f"exit codes {codes} (negative: killed; limit {time_limit} s)\n{report}")
+    return outputs
+
+
+def read_history(path: Path) -> dict[str, np.ndarray]:
+    rows = list(csv.DictReader(path.open(), delimiter="\t"))
+    return {key: np.array([float(row[key]) for row in rows]) for key in rows[0]}
+
+
+def classify(model: Path, images: np.ndarray) -> dict[str, np.ndarray]:
+    signature = tf.saved_model.load(str(model)).signatures["serving_default"]
+    return {name: value.numpy() for name, value in signature(images=tf.constant(images)).items()}
+
+
+def test_mirrored_follows_the_single_device_trajectory(prepared, tmp_path):
+    # XLA cannot run replicas on CPU devices, so `mirrored` turns it off: compare it with
+    # `none` without XLA, the same computation on one device.
+    runs = {
+        "none": write_params(tmp_path / "none.yaml", **SMALL, distribute="none", jit_compile=False),
+        "mirrored": write_params(tmp_path / "mirrored.yaml", **SMALL, distribute="mirrored"),
+    }
+    env = environment()
+    outputs = run_together(
+        [(train_command(prepared, tmp_path / name, params), env) for name, params in runs.items()],
+        tmp_path,
+    )
+    assert "jit_compile off: XLA cannot run 2 replicas on CPU" in outputs[1]
+
+    single, mirrored = (read_history(tmp_path / name / "history.tsv") for name in runs)
+    assert list(mirrored["epoch"]) == [1, 2, 3]
+    assert single["train_loss"][-1] < 0.5 * single["train_loss"][0]  # a real trajectory
+    for key in ("train_loss", "validation_loss"):
+        np.testing.assert_allclose(mirrored[key], single[key], rtol=LOSS_TOLERANCE)
+    for key in ("train_accuracy", "validation_accuracy"):  # at most one example apart
+        np.testing.assert_allclose(mirrored[key], single[key], atol=1 / 40)
+
+    # The same SavedModel interface, and nearly the same predictions.
+    images = synthetic_arrays(test=20)["x_test"][:20]
+    signatures = [
+        tf.saved_model.load(str(tmp_path / name / "model")).signatures["serving_default"]
+        for name in runs
+    ]
+    assert signatures[0].structured_input_signature == signatures[1].structured_input_signature
+    assert signatures[0].structured_outputs.keys() == signatures[1].structured_outputs.keys()
+    expected, got = (classify(tmp_path / name / "model", images) for name in runs)
+    np.testing.assert_allclose(got["probabilities"], expected["probabilities"], atol=1e-3)
+    np.testing.assert_array_equal(got["classes"], expected["classes"])
+
+
+def worker_commands(prepared: Path, out: Path, params: Path, workers: int = 2) -> list:
+    """The same command for each worker; TF_CONFIG on free loopback ports tells them apart."""
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(workers)]}
+    return [
+        (
+            train_command(prepared, out, params),
+            environment(
+                TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})
+            ),
+        )
+        for i in range(workers)
+    ]
+
+
+def test_two_workers_train_one_model(prepared, tmp_path):
+    params = write_params(tmp_path / "params.yaml", **SMALL, distribute="multi_worker")
+    out = tmp_path / "run"
+    outputs = run_together(worker_commands(prepared, out, params), tmp_path)
+
+    # Each worker decoded only its own training shards (0 and 2, 1 and 3 of four).
+    shares = [
+        int(output.split(f"train: worker {index} of 2: ")[1].split()[0])
+        for index, output in enumerate(outputs)
+    ]
+    assert shares == [128, 72] and sum(shares) == 200
+    # They trained one model: the metrics they print are the same (summed over both).
+    epochs = [
+        [line.split("  ")[:-2] for line in output.splitlines() if line.startswith("epoch ")]
+        for output in outputs
+    ]
+    assert len(epochs[0]) == 3 and epochs[0] == epochs[1]
+
+    # One SavedModel, written by the chief only; nothing left of the others' copies.
+    files = sorted(path.name for path in out.iterdir())
+    assert files == ["checkpoints", "history.tsv", "model", "train.json"]
+    assert not any((out / "checkpoints").iterdir())  # the chief's and the others' epochs
+    metrics = json.loads((out / "train.json").read_text())
+    assert metrics["validation"]["accuracy"] > 0.5  # 10 classes: chance is 0.1
+    # The workers split the validation batches and summed their metrics: the SavedModel,
+    # on the whole validation split with NumPy, gives the same numbers.
+    images, labels = records.load_split(prepared, "validation")
+    probabilities = classify(out / "model", images)["probabilities"]
+    loss = -np.log(probabilities[np.arange(len(labels)), labels]).mean()
+    assert metrics["validation"]["loss"] == pytest.approx(loss, rel=1e-4)
+    accuracy = np.mean(probabilities.argmax(axis=1) == labels)
+    assert metrics["validation"]["accuracy"] == pytest.approx(accuracy)
+
+
+def test_a_dead_worker_fails_the_run_instead_of_hanging_it(prepared, tmp_path):
+    params = write_params(tmp_path / "params.yaml", **SMALL, distribute="multi_worker")
+    commands = worker_commands(prepared, tmp_path / "run", params)
+    # Worker 1 dies while worker 0 waits for it at start-up, where it would wait for ever.
+    dying = "import time; time.sleep(5); raise SystemExit(3)"
+    commands[1] = ([sys.executable, "-c", dying], commands[1][1])
+    start = time.monotonic()
+    with pytest.raises(pytest.fail.Exception, match=r"exit codes \[-9, 3\]"):
+        run_together(commands, tmp_path)
+    assert time.monotonic() - start < 30
+
+
+def test_workers_share_the_training_files_between_them(prepared):
+    whole_images, whole_labels = records.load_split(prepared, "train")
+    shares = [records.load_split(prepared, "train", part, 3) for part in range(3)]
+    # Files 0 and 3, then 1, then 2 (64 examples each, 8 in the last): all, once each.
+    assert [len(labels) for _, labels in shares] == [72, 64, 64]
+    images = np.concatenate([share_images for share_images, _ in shares])
+    assert sorted(map(bytes, images)) == sorted(map(bytes, whole_images))
+    labels = np.concatenate([share_labels for _, share_labels in shares])
+    assert sorted(labels) == sorted(whole_labels)
+
+
+def test_more_workers_than_files_is_refused(prepared):
+    with pytest.raises(ValueError, match=r"1 validation shard\(s\) for 2 workers"):
+        records.load_split(prepared, "validation", 1, 2)
