@@ -7,7 +7,8 @@ Writes models/mnist: a SavedModel whose serving_default takes uint8 images [batc
        metrics/train_history.tsv: one row per epoch, drawn by `dvc plots show`.
 Keeps  .checkpoints/<key>/: the last finished epoch, so a killed run resumes there; the key
        hashes every param train reads and the prepared data, and the folder is removed once
-       the model is written.
+       the model is written. Under `multi_worker` only the chief writes the outputs; the
+       other workers keep their checkpoints in .checkpoints/<key>/worker-<i>/.
 Run    dvc repro train
 """
 
@@ -15,10 +16,12 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import hashlib
 import json
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -29,7 +32,13 @@ from tqdm import tqdm
 
 from stages import records
 from stages.files import atomic_output, run_stage, write_json
-from stages.loop import Trainer, make_eval_dataset, make_strategy, make_train_dataset
+from stages.loop import (
+    Trainer,
+    distribute_train_dataset,
+    make_eval_dataset,
+    make_strategy,
+    supports_xla,
+)
 from stages.model import build_model, export_saved_model
 from stages.params import load_params
 
@@ -39,6 +48,7 @@ PARAMS = (
     "epochs",
     "batch_size",
     "learning_rate",
+    "learning_rate_schedule",
     "jit_compile",
     "deterministic",
     "steps_per_execution",
@@ -51,6 +61,7 @@ HISTORY_COLUMNS = (
     "train_accuracy",
     "validation_loss",
     "validation_accuracy",
+    "learning_rate",
 )
 
 
@@ -91,11 +102,34 @@ class Checkpoints:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
+def make_optimizer(params: dict, steps_per_epoch: int) -> keras.Optimizer:
+    """Adam, with a constant learning rate or one that decays to 0 along a cosine."""
+    learning_rate = params["learning_rate"]
+    if params["learning_rate_schedule"] == "cosine":
+        learning_rate = keras.optimizers.schedules.CosineDecay(
+            learning_rate, decay_steps=params["epochs"] * steps_per_epoch
+        )
+    return keras.optimizers.Adam(learning_rate)
+
+
+def load_training_shards(data_dir: Path, part: int, parts: int) -> tuple[np.ndarray, np.ndarray]:
+    """Worker `part` of `parts`: its training shard files (all of them for a single worker)."""
+    images, labels = records.load_split(data_dir, "train", part, parts)
+    if parts > 1:
+        print(f"train: worker {part} of {parts}: {len(images)} examples from its training shards")
+    return images, labels
+
+
 def run_epoch(
-    trainer: Trainer, dataset: tf.data.Dataset, steps: int, chunk: int, epoch: int, progress: tqdm
+    trainer: Trainer,
+    dataset: tf.distribute.DistributedDataset,
+    steps: int,
+    chunk: int,
+    epoch: int,
+    progress: tqdm,
 ) -> None:
     """One pass over the training data, `chunk` steps per compiled call."""
-    iterator = iter(trainer.strategy.experimental_distribute_dataset(dataset))
+    iterator = iter(dataset)
     done = 0
     while done < steps:
         count = min(chunk, steps - done)
@@ -119,33 +153,49 @@ def train(
     if params["deterministic"]:
         tf.config.experimental.enable_op_determinism()
     strategy = make_strategy(params["distribute"])
-    train_images, train_labels = records.load_split(data_dir, "train")
-    steps_per_epoch = len(train_images) // params["batch_size"]
+    train_examples, _ = records.split_shards(data_dir, "train")
+    steps_per_epoch = train_examples // params["batch_size"]
     if steps_per_epoch == 0:
         raise ValueError(
             f"params.yaml: batch_size: got {params['batch_size']}, expected at most the "
-            f"{len(train_images)} training examples"
+            f"{train_examples} training examples"
         )
+    replicas = strategy.num_replicas_in_sync
+    if params["batch_size"] % replicas:
+        raise ValueError(
+            f"params.yaml: batch_size: got {params['batch_size']}, expected a multiple of the "
+            f"{replicas} replicas of distribute: {params['distribute']}"
+        )
+    jit_compile = params["jit_compile"] and supports_xla(strategy)
+    if jit_compile != params["jit_compile"]:
+        print(f"train: jit_compile off: XLA cannot run {replicas} replicas on CPU (see loop.py)")
+    # Each worker's share of the training shards, decoded once for every epoch.
+    load_shards = functools.cache(functools.partial(load_training_shards, data_dir))
     validation = make_eval_dataset(
         *records.load_split(data_dir, "validation"), params["eval_batch_size"]
     )
     with strategy.scope():
         trainer = Trainer(
             build_model(params["model"]),
-            keras.optimizers.Adam(params["learning_rate"]),
+            make_optimizer(params, steps_per_epoch),
             strategy,
             params["batch_size"],
-            params["jit_compile"],
+            jit_compile,
         )
-    checkpoints = Checkpoints(checkpoint_root / checkpoint_key(params, data_dir), trainer)
+    directory = checkpoint_root / checkpoint_key(params, data_dir)
+    if not trainer.is_chief:
+        # Saving is collective under MultiWorkerMirroredStrategy: every worker saves, the
+        # others into a folder of their own that only their own resume reads.
+        directory = directory / f"worker-{strategy.cluster_resolver.task_id}"
+    checkpoints = Checkpoints(directory, trainer)
     history = checkpoints.restore()
     if history:
         print(f"train: resuming after epoch {len(history)} from {checkpoints.directory}")
     trained_examples, train_seconds = 0, 0.0
     for epoch in range(len(history) + 1, params["epochs"] + 1):
         trainer.reset_metrics()
-        dataset = make_train_dataset(
-            train_images, train_labels, params["batch_size"], params["seed"] + epoch
+        dataset = distribute_train_dataset(
+            strategy, load_shards, params["batch_size"], params["seed"] + epoch
         )
         start = time.perf_counter()
         with tqdm(
@@ -168,6 +218,9 @@ def train(
                 "train_accuracy": float(trainer.train_accuracy.result()),
                 "validation_loss": validation_loss,
                 "validation_accuracy": validation_accuracy,
+                # Where a schedule has brought it by the end of the epoch. (Through NumPy:
+                # under `mirrored` it is a MirroredVariable, which float() refuses.)
+                "learning_rate": float(keras.ops.convert_to_numpy(trainer.optimizer.learning_rate)),
             }
         )
         print(
@@ -219,6 +272,10 @@ def main() -> None:
             export_saved_model(trainer.model, temporary)
         write_json(arguments.metrics, metrics)
         write_history(arguments.history, history)
+    else:
+        # Every worker takes part in the (collective) export; only the chief's is kept.
+        with tempfile.TemporaryDirectory() as scratch:
+            export_saved_model(trainer.model, Path(scratch) / "model")
     checkpoints.remove()
 
 

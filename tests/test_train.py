@@ -141,8 +141,9 @@ def test_history_file_is_a_tsv_with_one_row_per_epoch(tmp_path):
             "train_accuracy": 0.8,
             "validation_loss": 0.6,
             "validation_accuracy": 0.75,
+            "learning_rate": 0.001,
         }
     ]
     train_stage.write_history(tmp_path / "history.tsv", history)
     lines = (tmp_path / "history.tsv").read_text().splitlines()
-    assert lines == ["\t".join(train_stage.HISTORY_COLUMNS), "1\t0.5\t0.8\t0.6\t0.75"]
+    assert lines == ["\t".join(train_stage.HISTORY_COLUMNS), "1\t0.5\t0.8\t0.6\t0.75\t0.001"]
