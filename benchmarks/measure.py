@@ -1,0 +1,182 @@
+"""The things train_speed times, each behind a function that runs them once and says how fast.
+
+A training variant is set up by `*_loop(train_images, train_labels)`, which returns `run`:
+`run(num_steps)` trains that many steps and returns the seconds per step. All variants
+train the tutorial model (Conv2D 32 3x3 -> Flatten -> Dense 128 -> Dense 10) on the same
+uint8 arrays (records.load_split) in batches of 32.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import layers
+
+from stages import records
+from stages.loop import Trainer, make_strategy, make_train_dataset
+from stages.model import build_model
+
+# The tutorial's setting, fixed here rather than read from params.yaml so that results
+# stay comparable from run to run; STEPS_PER_EXECUTION is params.yaml's value today.
+BATCH_SIZE = 32
+STEPS_PER_EXECUTION = 50
+SHUFFLE_SEED = 0  # timing does not depend on it
+MATMULS_PER_RUN = 5
+
+Run = Callable[[int], float]  # runs that many training steps, returns seconds per step
+
+
+class SimpleModel(keras.Model):
+    """The tutorial's model as the tutorial writes it: float32 [batch, 28, 28, 1] in."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = layers.Conv2D(32, (3, 3), activation="relu")
+        self.flatten = layers.Flatten()
+        self.dense1 = layers.Dense(128, activation="relu")
+        self.dense2 = layers.Dense(10)
+
+    def call(self, inputs: tf.Tensor) -> tf.Tensor:
+        return self.dense2(self.dense1(self.flatten(self.conv1(inputs))))
+
+
+def tutorial_loop(train_images: np.ndarray, train_labels: np.ndarray) -> Run:
+    """(a) The tutorial's loop as written: per-step @tf.function, Python loop over tf.data."""
+    model, optimizer = SimpleModel(), keras.optimizers.Adam()
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    train_loss = keras.metrics.Mean(name="train_loss")
+    train_accuracy = keras.metrics.SparseCategoricalAccuracy(name="train_accuracy")
+    # The tutorial's `x / 255.0` is float64 in NumPy; float32 is what the model runs in.
+    # No drop_remainder, as written: each epoch's last batch (24 examples) traces
+    # train_step once more, the first time only (after 1718 steps).
+    x_train = (train_images.astype(np.float32) / 255)[..., np.newaxis]
+    dataset = tf.data.Dataset.from_tensor_slices((x_train, train_labels)).shuffle(60000).batch(32)
+
+    @tf.function
+    def train_step(images: tf.Tensor, labels: tf.Tensor) -> None:
+        with tf.GradientTape() as tape:
+            predictions = model(images, training=True)
+            loss = loss_fn(labels, predictions)
+        gradients = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(gradients, model.trainable_variables, strict=True))
+        train_loss(loss)
+        train_accuracy(labels, predictions)
+
+    # `for epoch in range(epochs): for images, labels in train_dataset:`, endless.
+    batches = itertools.chain.from_iterable(itertools.repeat(dataset))
+
+    def run(num_steps: int) -> float:
+        start = time.perf_counter()
+        for images, labels in itertools.islice(batches, num_steps):
+            train_step(images, labels)
+        train_loss.result().numpy()  # the last step has finished
+        return (time.perf_counter() - start) / num_steps
+
+    return run
+
+
+class StepTimer(keras.callbacks.Callback):
+    """Times fit's steps from the second on: the first one waits for the shuffle buffer."""
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.starts: list[float] = []
+
+    def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+        self.starts.append(time.perf_counter())
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self.seconds_per_step = (time.perf_counter() - self.starts[1]) / (len(self.starts) - 1)
+
+
+def fit_loop(train_images: np.ndarray, train_labels: np.ndarray, jit_compile: bool) -> Run:
+    """(b), (c) model.fit on the project's tutorial model and training dataset."""
+    model = build_model("tutorial")
+    # Explicit: compile's default, "auto", means False on a CPU-only machine.
+    model.compile(
+        optimizer=keras.optimizers.Adam(),
+        metrics=["accuracy"],
+        jit_compile=jit_compile,
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    dataset = make_train_dataset(train_images, train_labels, BATCH_SIZE, SHUFFLE_SEED).repeat()
+    timer = StepTimer()
+
+    def run(num_steps: int) -> float:
+        model.fit(
+            dataset,
+            epochs=1,
+            steps_per_epoch=num_steps,
+            shuffle=False,
+            verbose=0,
+            callbacks=[timer],
+        )
+        return timer.seconds_per_step
+
+    return run
+
+
+def trainer_loop(train_images: np.ndarray, train_labels: np.ndarray) -> Run:
+    """(d) This project's Trainer with XLA, driven in chunks of steps as stages.train does."""
+    strategy = make_strategy("none")
+    trainer = Trainer(
+        build_model("tutorial"), keras.optimizers.Adam(), strategy, BATCH_SIZE, jit_compile=True
+    )
+    dataset = make_train_dataset(train_images, train_labels, BATCH_SIZE, SHUFFLE_SEED).repeat()
+    # One iterator for the whole run, where run_epoch makes one per epoch: refilling the
+    # shuffle buffer (~0.1 s, once per 1718 steps) would weigh on every short timing.
+    iterator = iter(strategy.experimental_distribute_dataset(dataset))
+
+    def run(num_steps: int) -> float:
+        start = time.perf_counter()
+        for done in range(0, num_steps, STEPS_PER_EXECUTION):
+            count = tf.constant(min(STEPS_PER_EXECUTION, num_steps - done))
+            if not np.isfinite(trainer.train_steps(iterator, count).numpy()).all():
+                raise ValueError("(d): training diverged, a loss is not finite")
+        return (time.perf_counter() - start) / num_steps
+
+    return run
+
+
+def input_pipeline(data_dir: Path) -> dict[str, float]:
+    """(e) Examples/s of each part of the way from TFRecords to batches of 32."""
+    shards = [str(path) for path in sorted(data_dir.glob("train-*.tfrecord.gz"))]
+    start = time.perf_counter()
+    parsed = tf.data.TFRecordDataset(shards, compression_type=records.COMPRESSION)
+    parsed_count = sum(
+        len(labels) for _, labels in parsed.batch(records.PARSE_BATCH).map(records.parse_batch)
+    )
+    parse_seconds, start = time.perf_counter() - start, time.perf_counter()
+    images, labels = records.load_split(data_dir, "train")
+    load_seconds, start = time.perf_counter() - start, time.perf_counter()
+    batches = make_train_dataset(images, labels, BATCH_SIZE, SHUFFLE_SEED)
+    batched_count = sum(len(batch_labels) for _, batch_labels in batches)
+    batch_seconds = time.perf_counter() - start
+    return {
+        "raw TFRecord parse (tf.data, GZIP, parse_batch)": parsed_count / parse_seconds,
+        "records.load_split (parse into NumPy, checks)": len(images) / load_seconds,
+        "make_train_dataset, one epoch of batches": batched_count / batch_seconds,
+        "both: load_split + one epoch of batches": batched_count / (load_seconds + batch_seconds),
+    }
+
+
+def matmul_gflops(size: int) -> Callable[[], float]:
+    """(f) GFLOP/s of float32 [size, size] x [size, size] matmuls."""
+    a, b = tf.random.normal([size, size]), tf.random.normal([size, size])
+
+    @tf.function
+    def product_sum(a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
+        return tf.reduce_sum(tf.matmul(a, b))  # one number to wait for, not a 16 MB copy
+
+    def run() -> float:
+        start = time.perf_counter()
+        for _ in range(MATMULS_PER_RUN):
+            product_sum(a, b).numpy()
+        return 2 * size**3 * MATMULS_PER_RUN / (time.perf_counter() - start) / 1e9
+
+    return run

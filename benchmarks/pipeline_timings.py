@@ -1,0 +1,91 @@
+"""pipeline_timings: each stage of the default `dvc repro` on a fresh clone, and the tutorial.
+
+Clones this repository's HEAD into a temporary directory, runs `dvc repro` there with the
+current environment's packages (what `make repro` does once .venv exists), and notes when
+each stage starts; then a second, no-op `dvc repro`; then the reference tutorial's program
+(benchmarks/tutorial.py, 5 epochs) timed the same way, as a fresh process. The two runs go
+one after the other in one invocation, so they see the same machine.
+Writes --output (JSON).
+Run    python -m benchmarks.pipeline_timings
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from stages.files import write_json
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def timed_run(command: list[str], cwd: Path, env: dict) -> tuple[float, dict[str, float], str]:
+    """Run `command`; return its seconds, each DVC stage's seconds, and its output."""
+    start = time.perf_counter()
+    stage_starts: list[tuple[str, float]] = []
+    lines = []
+    with subprocess.Popen(
+        command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    ) as process:
+        for line in process.stdout:
+            lines.append(line)
+            match = re.match(r"Running stage '(\w+)'", line)
+            if match:
+                stage_starts.append((match.group(1), time.perf_counter()))
+    seconds = time.perf_counter() - start
+    if process.returncode != 0:
+        sys.exit(f"error: {' '.join(command)} failed:\n{''.join(lines[-20:])}")
+    ends = [moment for _, moment in stage_starts[1:]] + [start + seconds]
+    stages = {
+        name: round(end - begin, 1) for (name, begin), end in zip(stage_starts, ends, strict=True)
+    }
+    return round(seconds, 1), stages, "".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=REPO / "benchmarks/results/pipeline_timings.json",
+        help="(default: %(default)s)",
+    )
+    arguments = parser.parse_args()
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    with tempfile.TemporaryDirectory() as scratch:
+        clone = Path(scratch) / "loopline"
+        subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
+        repro_seconds, stages, output = timed_run(["dvc", "repro"], clone, env)
+        accuracy = re.search(r"test accuracy ([\d.]+)", output)
+        noop_seconds, _, _ = timed_run(["dvc", "repro"], clone, env)
+        tutorial_seconds, _, tutorial_output = timed_run(
+            [sys.executable, "-m", "benchmarks.tutorial"], REPO, env
+        )
+    tutorial_accuracy = re.search(r"Test Accuracy: ([\d.]+)", tutorial_output)
+    results = {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "load_average_1min_after": os.getloadavg()[0],
+        "dvc_repro_seconds": repro_seconds,
+        "stage_seconds": stages,
+        "test_accuracy": float(accuracy.group(1)) if accuracy else None,
+        "noop_dvc_repro_seconds": noop_seconds,
+        "tutorial_seconds": tutorial_seconds,
+        "tutorial_test_accuracy": (
+            float(tutorial_accuracy.group(1)) / 100 if tutorial_accuracy else None
+        ),
+    }
+    results["repro_over_tutorial"] = round(repro_seconds / tutorial_seconds, 2)
+    for key, value in results.items():
+        print(f"{key:>24}: {value}")
+    write_json(arguments.output, results)
+
+
+if __name__ == "__main__":
+    main()

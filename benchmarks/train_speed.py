@@ -1,0 +1,208 @@
+"""train_speed: how fast four ways of training the tutorial model run on this machine.
+
+Times, in one process, on the same data, model and batch size, interleaved: (a) the
+reference tutorial's loop as written, (b) model.fit, (c) model.fit with XLA, (d) this
+project's Trainer as stages.train drives it; then (e) the input pipeline alone and (f) a
+large float32 matmul, the machine's practical peak. See benchmarks/README.md.
+Reads  data/prepared (run `dvc repro prepare` first).  Writes --output (JSON).
+Run    python -m benchmarks.train_speed [--steps 200 --repeats 5 --warmup 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import statistics
+import sys
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+
+from benchmarks import measure
+from benchmarks.measure import BATCH_SIZE, STEPS_PER_EXECUTION
+from stages import records
+from stages.files import run_stage, write_json
+
+# FLOPs of one training step (a multiply-add is 2 FLOPs), forward pass, per example:
+#   Conv2D 32 3x3, 28x28x1 -> 26x26x32:  26*26*32 * 3*3*1 * 2 =   389,376
+#   Dense 21632 -> 128:                  21632*128 * 2         = 5,537,792
+#   Dense 128 -> 10:                     128*10 * 2            =     2,560
+#   total                                                      = 5,929,728
+# Backward ~ 2x forward (gradients of the inputs and of the weights), so a step costs
+# 3 * 32 * 5,929,728 = 569,253,888 ~ 0.57 GFLOP, 93% of it in the 21632x128 layer.
+# Left out, a few percent each way: the first layer needs no input gradient (-2%); bias,
+# ReLU, softmax and Adam's update of the 2.77M parameters (~+6%).
+FLOPS_PER_STEP = BATCH_SIZE * 3 * 2 * (26 * 26 * 32 * 3 * 3 + 26 * 26 * 32 * 128 + 128 * 10)
+
+
+def machine_info() -> dict:
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    models = [
+        line.split(":", 1)[1].strip()
+        for line in cpuinfo.splitlines()
+        if line.startswith("model name")
+    ]
+    return {
+        "cpu_model": models[0] if models else platform.processor(),
+        "cores": os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0)),
+        "load_average_1min_before": os.getloadavg()[0],
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        # As they are, not set: 0 means TensorFlow's default (one thread per core).
+        "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
+        "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
+        "thread_variables": {
+            name: value
+            for name, value in os.environ.items()
+            if name in ("OMP_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
+        },
+    }
+
+
+def summarise(seconds: dict[str, list[float]], peak_gflops: float) -> list[dict]:
+    """One row per variant: median ms/step, examples/s, speed-up over (a), share of peak."""
+    baseline = statistics.median(seconds[next(iter(seconds))])
+    rows = []
+    for variant, runs in seconds.items():
+        median = statistics.median(runs)
+        rows.append(
+            {
+                "variant": variant,
+                "ms_per_step": 1000 * median,
+                "ms_per_step_runs": [round(1000 * run, 3) for run in runs],
+                "examples_per_second": BATCH_SIZE / median,
+                "speedup_over_a": baseline / median,
+                "fraction_of_matmul_peak": FLOPS_PER_STEP / median / 1e9 / peak_gflops,
+            }
+        )
+    return rows
+
+
+def print_tables(rows: list[dict], pipeline: dict[str, float], matmul: dict) -> None:
+    print("| variant | ms/step (min-max) | examples/s | speed-up over (a) | of matmul peak |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for row in rows:
+        runs = row["ms_per_step_runs"]
+        print(
+            f"| {row['variant']} | {row['ms_per_step']:.1f} ({min(runs):.1f}-{max(runs):.1f})"
+            f" | {row['examples_per_second']:.0f} | {row['speedup_over_a']:.2f}x"
+            f" | {row['fraction_of_matmul_peak']:.0%} |"
+        )
+    print("\n| (e) input pipeline | examples/s |\n| --- | ---: |")
+    for part, rate in pipeline.items():
+        print(f"| {part} | {rate:,.0f} |")
+    print(
+        f"\n(f) float32 matmul {matmul['size']}x{matmul['size']}: {matmul['gflops']:.0f} "
+        f"GFLOP/s (median; best {matmul['best_gflops']:.0f}); a training step is "
+        f"{FLOPS_PER_STEP / 1e9:.3f} GFLOP"
+    )
+
+
+def parse_arguments() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=Path("data/prepared"),
+        help="the prepared TFRecords (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--steps", type=int, default=200, help="steps per timed run (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=5,
+        help="timed runs of each variant, reported as the median (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=100,
+        help="untimed steps of each variant first, compilation included (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--matmul-size", type=int, default=2048, help="(f)'s matrix side (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=Path("benchmarks/results/train_speed.json"),
+        help="where to write the results as JSON (default: %(default)s)",
+    )
+    arguments = parser.parse_args()
+    if arguments.steps < 2 or arguments.repeats < 1 or arguments.warmup < 1:
+        parser.error("--steps must be at least 2, --repeats and --warmup at least 1")
+    return arguments
+
+
+def main() -> None:
+    arguments = parse_arguments()
+    if not (arguments.data / "meta.json").is_file():
+        raise FileNotFoundError(f"{arguments.data}: no prepared TFRecords; run `dvc repro prepare`")
+    machine = machine_info()
+    images, labels = records.load_split(arguments.data, "train")
+    variants = {
+        "(a) tutorial loop, per-step tf.function": measure.tutorial_loop(images, labels),
+        "(b) model.fit": measure.fit_loop(images, labels, jit_compile=False),
+        "(c) model.fit, jit_compile=True": measure.fit_loop(images, labels, jit_compile=True),
+        f"(d) Trainer, XLA, {STEPS_PER_EXECUTION} steps/call": measure.trainer_loop(images, labels),
+    }
+    matmul = measure.matmul_gflops(arguments.matmul_size)
+    for run in variants.values():
+        run(arguments.warmup)
+    matmul()
+    seconds: dict[str, list[float]] = {variant: [] for variant in variants}
+    pipeline_runs, matmul_runs = [], []
+    for repeat in range(arguments.repeats):
+        # Rotate the order, so that no variant always runs after the same neighbour.
+        names = list(variants)
+        for variant in names[repeat % len(names) :] + names[: repeat % len(names)]:
+            seconds[variant].append(variants[variant](arguments.steps))
+        pipeline_runs.append(measure.input_pipeline(arguments.data))
+        matmul_runs.append(matmul())
+        print(
+            f"repeat {repeat + 1}/{arguments.repeats}: "
+            + ", ".join(
+                f"{variant[:3]} {1000 * runs[-1]:.1f} ms/step" for variant, runs in seconds.items()
+            ),
+            file=sys.stderr,
+            flush=True,
+        )
+    matmul_result = {
+        "size": arguments.matmul_size,
+        "gflops": statistics.median(matmul_runs),
+        "best_gflops": max(matmul_runs),
+        "runs": matmul_runs,
+    }
+    rows = summarise(seconds, matmul_result["gflops"])
+    pipeline = {
+        part: statistics.median(run[part] for run in pipeline_runs) for part in pipeline_runs[0]
+    }
+    print_tables(rows, pipeline, matmul_result)
+    write_json(
+        arguments.output,
+        {
+            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "machine": machine | {"load_average_1min_after": os.getloadavg()[0]},
+            "flags": {
+                name: str(value) if isinstance(value, Path) else value
+                for name, value in vars(arguments).items()
+            },
+            "batch_size": BATCH_SIZE,
+            "flops_per_step": FLOPS_PER_STEP,
+            "variants": rows,
+            "input_pipeline_examples_per_second": pipeline,
+            "matmul": matmul_result,
+        },
+    )
+    print(f"\nwrote {arguments.output}")
+
+
+if __name__ == "__main__":
+    run_stage(main)
