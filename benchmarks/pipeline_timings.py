@@ -42,7 +42,8 @@ def timed_run(command: list[str], cwd: Path, env: dict) -> tuple[float, dict[str
     seconds = time.perf_counter() - start
     if process.returncode != 0:
         sys.exit(f"error: {' '.join(command)} failed:\n{''.join(lines[-20:])}")
-    ends = [moment for _, moment in stage_starts[1:]] + [start + seconds]
+    # A stage ends when the next one starts, the last one with the command.
+    ends = [moment for _, moment in stage_starts[1:]] + [start + seconds][: len(stage_starts)]
     stages = {
         name: round(end - begin, 1) for (name, begin), end in zip(stage_starts, ends, strict=True)
     }
