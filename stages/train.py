@@ -145,94 +145,69 @@ def run_epoch(
         progress.set_postfix(loss=f"{trainer.train_loss.result():.4f}", refresh=False)
 
 
-def train(
-    data_dir: Path, params: dict, checkpoint_root: Path
-) -> tuple[Trainer, dict, list[dict], Checkpoints]:
-    """Train on the prepared data; return the trainer, metrics, history and checkpoints."""
-    keras.utils.set_random_seed(params["seed"])
-    if params["deterministic"]:
-        tf.config.experimental.enable_op_determinism()
-    strategy = make_strategy(params["distribute"])
+def steps_per_epoch(data_dir: Path, params: dict, replicas: int) -> int:
+    """Full batches per epoch, after checking that batch_size fits the data and replicas."""
     train_examples, _ = records.split_shards(data_dir, "train")
-    steps_per_epoch = train_examples // params["batch_size"]
-    if steps_per_epoch == 0:
+    batch_size = params["batch_size"]
+    if batch_size > train_examples:
         raise ValueError(
-            f"params.yaml: batch_size: got {params['batch_size']}, expected at most the "
+            f"params.yaml: batch_size: got {batch_size}, expected at most the "
             f"{train_examples} training examples"
         )
-    replicas = strategy.num_replicas_in_sync
-    if params["batch_size"] % replicas:
+    if batch_size % replicas:
         raise ValueError(
-            f"params.yaml: batch_size: got {params['batch_size']}, expected a multiple of the "
+            f"params.yaml: batch_size: got {batch_size}, expected a multiple of the "
             f"{replicas} replicas of distribute: {params['distribute']}"
         )
+    return train_examples // batch_size
+
+
+def build_trainer(params: dict, strategy: tf.distribute.Strategy, steps: int) -> Trainer:
+    """The model, optimizer and metrics, created in the strategy's scope."""
     jit_compile = params["jit_compile"] and supports_xla(strategy)
     if jit_compile != params["jit_compile"]:
+        replicas = strategy.num_replicas_in_sync
         print(f"train: jit_compile off: XLA cannot run {replicas} replicas on CPU (see loop.py)")
-    # Each worker's share of the training shards, decoded once for every epoch.
-    load_shards = functools.cache(functools.partial(load_training_shards, data_dir))
-    validation = make_eval_dataset(
-        *records.load_split(data_dir, "validation"), params["eval_batch_size"]
-    )
     with strategy.scope():
-        trainer = Trainer(
+        return Trainer(
             build_model(params["model"]),
-            make_optimizer(params, steps_per_epoch),
+            make_optimizer(params, steps),
             strategy,
             params["batch_size"],
             jit_compile,
         )
+
+
+def open_checkpoints(
+    checkpoint_root: Path, params: dict, data_dir: Path, trainer: Trainer
+) -> Checkpoints:
+    """This run's checkpoints: keyed by its params and data, one folder per worker."""
     directory = checkpoint_root / checkpoint_key(params, data_dir)
     if not trainer.is_chief:
         # Saving is collective under MultiWorkerMirroredStrategy: every worker saves, the
         # others into a folder of their own that only their own resume reads.
-        directory = directory / f"worker-{strategy.cluster_resolver.task_id}"
-    checkpoints = Checkpoints(directory, trainer)
-    history = checkpoints.restore()
-    if history:
-        print(f"train: resuming after epoch {len(history)} from {checkpoints.directory}")
-    trained_examples, train_seconds = 0, 0.0
-    for epoch in range(len(history) + 1, params["epochs"] + 1):
-        trainer.reset_metrics()
-        dataset = distribute_train_dataset(
-            strategy, load_shards, params["batch_size"], params["seed"] + epoch
-        )
-        start = time.perf_counter()
-        with tqdm(
-            total=steps_per_epoch,
-            desc=f"epoch {epoch}/{params['epochs']}",
-            disable=not sys.stderr.isatty(),
-            leave=False,
-        ) as progress:
-            run_epoch(
-                trainer, dataset, steps_per_epoch, params["steps_per_execution"], epoch, progress
-            )
-        seconds = time.perf_counter() - start
-        trained_examples += steps_per_epoch * params["batch_size"]
-        train_seconds += seconds
-        validation_loss, validation_accuracy = trainer.evaluate(validation)
-        history.append(
-            {
-                "epoch": epoch,
-                "train_loss": float(trainer.train_loss.result()),
-                "train_accuracy": float(trainer.train_accuracy.result()),
-                "validation_loss": validation_loss,
-                "validation_accuracy": validation_accuracy,
-                # Where a schedule has brought it by the end of the epoch. (Through NumPy:
-                # under `mirrored` it is a MirroredVariable, which float() refuses.)
-                "learning_rate": float(keras.ops.convert_to_numpy(trainer.optimizer.learning_rate)),
-            }
-        )
-        print(
-            f"epoch {epoch}/{params['epochs']}  train loss {history[-1]['train_loss']:.4f} "
-            f"accuracy {history[-1]['train_accuracy']:.4f}"
-            f"  validation loss {validation_loss:.4f} accuracy {validation_accuracy:.4f}"
-            f"  {seconds:.1f} s  {steps_per_epoch * params['batch_size'] / seconds:.0f} examples/s",
-            flush=True,
-        )
-        checkpoints.save(history)
+        directory = directory / f"worker-{trainer.strategy.cluster_resolver.task_id}"
+    return Checkpoints(directory, trainer)
+
+
+def epoch_summary(trainer: Trainer, epoch: int, validation: tf.data.Dataset) -> dict:
+    """The epoch's row of the history: its train metrics, then a validation pass."""
+    validation_loss, validation_accuracy = trainer.evaluate(validation)
+    return {
+        "epoch": epoch,
+        "train_loss": float(trainer.train_loss.result()),
+        "train_accuracy": float(trainer.train_accuracy.result()),
+        "validation_loss": validation_loss,
+        "validation_accuracy": validation_accuracy,
+        # Where a schedule has brought it by the end of the epoch. (Through a tensor: under
+        # `mirrored` it is a MirroredVariable, which float() refuses.)
+        "learning_rate": float(tf.convert_to_tensor(trainer.optimizer.learning_rate)),
+    }
+
+
+def final_metrics(history: list[dict], trained_examples: int, train_seconds: float) -> dict:
     final = history[-1]
-    metrics = {
+    return {
         "train": {"loss": final["train_loss"], "accuracy": final["train_accuracy"]},
         "validation": {"loss": final["validation_loss"], "accuracy": final["validation_accuracy"]},
         # Wall-clock numbers: they vary from run to run, unlike everything above.
@@ -241,7 +216,56 @@ def train(
             "examples_per_second": round(trained_examples / train_seconds) if train_seconds else 0,
         },
     }
-    return trainer, metrics, history, checkpoints
+
+
+def train(
+    data_dir: Path, params: dict, checkpoint_root: Path
+) -> tuple[Trainer, dict, list[dict], Checkpoints]:
+    """Train on the prepared data; return the trainer, metrics, history and checkpoints."""
+    keras.utils.set_random_seed(params["seed"])
+    if params["deterministic"]:
+        tf.config.experimental.enable_op_determinism()
+    strategy = make_strategy(params["distribute"])
+    steps = steps_per_epoch(data_dir, params, strategy.num_replicas_in_sync)
+    # Each worker's share of the training shards, decoded once for every epoch.
+    load_shards = functools.cache(functools.partial(load_training_shards, data_dir))
+    validation = make_eval_dataset(
+        *records.load_split(data_dir, "validation"), params["eval_batch_size"]
+    )
+    trainer = build_trainer(params, strategy, steps)
+    checkpoints = open_checkpoints(checkpoint_root, params, data_dir, trainer)
+    history = checkpoints.restore()
+    if history:
+        print(f"train: resuming after epoch {len(history)} from {checkpoints.directory}")
+    epochs, examples, first_epoch = params["epochs"], steps * params["batch_size"], len(history) + 1
+    train_seconds = 0.0
+    for epoch in range(first_epoch, epochs + 1):
+        trainer.reset_metrics()
+        dataset = distribute_train_dataset(
+            strategy, load_shards, params["batch_size"], params["seed"] + epoch
+        )
+        start = time.perf_counter()
+        with tqdm(
+            total=steps,
+            desc=f"epoch {epoch}/{epochs}",
+            leave=False,
+            disable=not sys.stderr.isatty(),
+        ) as progress:
+            run_epoch(trainer, dataset, steps, params["steps_per_execution"], epoch, progress)
+        seconds = time.perf_counter() - start
+        train_seconds += seconds
+        history.append(epoch_summary(trainer, epoch, validation))
+        row = history[-1]
+        print(
+            f"epoch {epoch}/{epochs}  train loss {row['train_loss']:.4f} "
+            f"accuracy {row['train_accuracy']:.4f}  validation loss {row['validation_loss']:.4f}"
+            f" accuracy {row['validation_accuracy']:.4f}  {seconds:.1f} s  "
+            f"{examples / seconds:.0f} examples/s",
+            flush=True,
+        )
+        checkpoints.save(history)
+    trained_examples = (epochs + 1 - first_epoch) * examples  # in this process
+    return trainer, final_metrics(history, trained_examples, train_seconds), history, checkpoints
 
 
 def write_history(path: Path, history: list[dict]) -> None:
