@@ -16,8 +16,8 @@ from pathlib import Path
 import keras
 import numpy as np
 import tensorflow as tf
-from keras import layers
 
+from benchmarks.tutorial import SimpleModel
 from stages import records
 from stages.loop import Trainer, make_strategy, make_train_dataset
 from stages.model import build_model
@@ -30,20 +30,6 @@ SHUFFLE_SEED = 0  # timing does not depend on it
 MATMULS_PER_RUN = 5
 
 Run = Callable[[int], float]  # runs that many training steps, returns seconds per step
-
-
-class SimpleModel(keras.Model):
-    """The tutorial's model as the tutorial writes it: float32 [batch, 28, 28, 1] in."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1 = layers.Conv2D(32, (3, 3), activation="relu")
-        self.flatten = layers.Flatten()
-        self.dense1 = layers.Dense(128, activation="relu")
-        self.dense2 = layers.Dense(10)
-
-    def call(self, inputs: tf.Tensor) -> tf.Tensor:
-        return self.dense2(self.dense1(self.flatten(self.conv1(inputs))))
 
 
 def tutorial_loop(train_images: np.ndarray, train_labels: np.ndarray) -> Run:
