@@ -23,11 +23,14 @@ from stages.loop import Trainer, make_strategy, make_train_dataset
 from stages.model import build_model
 
 # The tutorial's setting, fixed here rather than read from params.yaml so that results
-# stay comparable from run to run; STEPS_PER_EXECUTION is params.yaml's value today.
+# stay comparable from run to run; STEPS_PER_EXECUTION and UNROLLED_STEPS are params.yaml's
+# values today.
 BATCH_SIZE = 32
-STEPS_PER_EXECUTION = 50
+STEPS_PER_EXECUTION = 48
+UNROLLED_STEPS = 4
 SHUFFLE_SEED = 0  # timing does not depend on it
 MATMULS_PER_RUN = 5
+COPIES_PER_RUN = 50
 
 Run = Callable[[int], float]  # runs that many training steps, returns seconds per step
 
@@ -107,11 +110,21 @@ def fit_loop(train_images: np.ndarray, train_labels: np.ndarray, jit_compile: bo
     return run
 
 
-def trainer_loop(train_images: np.ndarray, train_labels: np.ndarray) -> Run:
-    """(d) This project's Trainer with XLA, driven in chunks of steps as stages.train does."""
+def trainer_loop(
+    train_images: np.ndarray,
+    train_labels: np.ndarray,
+    jit_compile: bool = True,
+    unrolled_steps: int = UNROLLED_STEPS,
+) -> Run:
+    """(d) This project's Trainer, driven in chunks of steps as stages.train does."""
     strategy = make_strategy("none")
     trainer = Trainer(
-        build_model("tutorial"), keras.optimizers.Adam(), strategy, BATCH_SIZE, jit_compile=True
+        build_model("tutorial"),
+        keras.optimizers.Adam(),
+        strategy,
+        BATCH_SIZE,
+        jit_compile,
+        unrolled_steps,
     )
     dataset = make_train_dataset(train_images, train_labels, BATCH_SIZE, SHUFFLE_SEED).repeat()
     # One iterator for the whole run, where run_epoch makes one per epoch: refilling the
@@ -149,6 +162,30 @@ def input_pipeline(data_dir: Path) -> dict[str, float]:
         "make_train_dataset, one epoch of batches": batched_count / batch_seconds,
         "both: load_split + one epoch of batches": batched_count / (load_seconds + batch_seconds),
     }
+
+
+def memory_gbps(megabytes: int) -> Callable[[], float]:
+    """(g) GB/s of an XLA-compiled `y = 2 * x` over `megabytes` of float32 each.
+
+    Every byte of x is read once and every byte of y written once, as in an optimizer's
+    update; far larger than the caches, like the training step's 11 MB arrays together.
+    """
+    x = tf.random.normal([megabytes * 2**20 // 4])
+    y = tf.Variable(tf.zeros_like(x))
+
+    @tf.function(jit_compile=True)
+    def double() -> tf.Tensor:
+        y.assign(2 * x)
+        return tf.constant(0)  # one number to wait for, not a copy of y
+
+    def run() -> float:
+        start = time.perf_counter()
+        for _ in range(COPIES_PER_RUN):
+            double().numpy()
+        seconds = time.perf_counter() - start
+        return 2 * megabytes * 2**20 * COPIES_PER_RUN / seconds / 1e9
+
+    return run
 
 
 def matmul_gflops(size: int) -> Callable[[], float]:

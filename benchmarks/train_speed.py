@@ -1,9 +1,11 @@
-"""train_speed: how fast four ways of training the tutorial model run on this machine.
+"""train_speed: how fast ways of training the tutorial model run on this machine.
 
 Times, in one process, on the same data, model and batch size, interleaved: (a) the
 reference tutorial's loop as written, (b) model.fit, (c) model.fit with XLA, (d) this
-project's Trainer as stages.train drives it; then (e) the input pipeline alone and (f) a
-large float32 matmul, the machine's practical peak. See benchmarks/README.md.
+project's Trainer as stages.train drives it, and (d1), (d2) the same with one step per
+compiled program and without XLA; then (e) the input pipeline alone, (f) a large float32
+matmul, the machine's practical peak, and (g) its memory bandwidth. See
+benchmarks/README.md.
 Reads  data/prepared (run `dvc repro prepare` first).  Writes --output (JSON).
 Run    python -m benchmarks.train_speed [--steps 200 --repeats 5 --warmup 100]
 """
@@ -22,7 +24,7 @@ import keras
 import tensorflow as tf
 
 from benchmarks import measure
-from benchmarks.measure import BATCH_SIZE, STEPS_PER_EXECUTION
+from benchmarks.measure import BATCH_SIZE, STEPS_PER_EXECUTION, UNROLLED_STEPS
 from stages import records
 from stages.files import run_stage, write_json
 
@@ -36,6 +38,17 @@ from stages.files import run_stage, write_json
 # Left out, a few percent each way: the first layer needs no input gradient (-2%); bias,
 # ReLU, softmax and Adam's update of the 2.77M parameters (~+6%).
 FLOPS_PER_STEP = BATCH_SIZE * 3 * 2 * (26 * 26 * 32 * 3 * 3 + 26 * 26 * 32 * 128 + 128 * 10)
+# Bytes a step moves at the least when it is made of separate operations, as TensorFlow,
+# XLA and Keras make it: the 21632x128 kernel (11.1 MB, 5x the 2 MB L2 caches; with its
+# gradient and Adam's two moments 44 MB, beyond the 32 MB L3) is read by the forward
+# matmul and by the input-gradient matmul, the weight-gradient matmul writes its
+# gradient, and Adam's update reads kernel, gradient and both moments and writes back
+# kernel and moments: 10 passes over 11.1 MB. Activations (2.8 MB) and the small layers
+# are left out. (Only a hand-fused kernel that never stores the gradient and updates the
+# weights as it multiplies could move less.)
+KERNEL_BYTES = 26 * 26 * 32 * 128 * 4
+MIN_BYTES_PER_STEP = 10 * KERNEL_BYTES
+MEMORY_MEGABYTES = 44  # (g): kernel, gradient and moments together, beyond the L3 cache
 
 
 def machine_info() -> dict:
@@ -83,7 +96,19 @@ def summarise(seconds: dict[str, list[float]], peak_gflops: float) -> list[dict]
     return rows
 
 
-def print_tables(rows: list[dict], pipeline: dict[str, float], matmul: dict) -> None:
+def limits(peak_gflops: float, memory_gbps: float) -> dict:
+    """What the machine allows a step: its FLOPs at (f)'s peak, its bytes at (g)'s speed."""
+    return {
+        "ms_per_step_at_matmul_peak": FLOPS_PER_STEP / peak_gflops / 1e6,
+        "ms_per_step_at_70_percent_of_peak": FLOPS_PER_STEP / (0.7 * peak_gflops) / 1e6,
+        "min_bytes_per_step": MIN_BYTES_PER_STEP,
+        "ms_per_step_moving_min_bytes": MIN_BYTES_PER_STEP / memory_gbps / 1e6,
+    }
+
+
+def print_tables(
+    rows: list[dict], pipeline: dict[str, float], matmul: dict, memory: dict, bounds: dict
+) -> None:
     print("| variant | ms/step (min-max) | examples/s | speed-up over (a) | of matmul peak |")
     print("| --- | ---: | ---: | ---: | ---: |")
     for row in rows:
@@ -100,6 +125,15 @@ def print_tables(rows: list[dict], pipeline: dict[str, float], matmul: dict) -> 
         f"\n(f) float32 matmul {matmul['size']}x{matmul['size']}: {matmul['gflops']:.0f} "
         f"GFLOP/s (median; best {matmul['best_gflops']:.0f}); a training step is "
         f"{FLOPS_PER_STEP / 1e9:.3f} GFLOP"
+    )
+    print(
+        f"(g) memory, XLA `y = 2 * x` over {memory['megabytes']} MB: {memory['gbps']:.0f} GB/s "
+        f"(median; best {memory['best_gbps']:.0f})\n"
+        f"A step at 70% of (f)'s peak would take "
+        f"{bounds['ms_per_step_at_70_percent_of_peak']:.2f} ms (at the full peak "
+        f"{bounds['ms_per_step_at_matmul_peak']:.2f} ms); only moving the "
+        f"{MIN_BYTES_PER_STEP / 1e6:.0f} MB that its operations read and write takes "
+        f"{bounds['ms_per_step_moving_min_bytes']:.2f} ms at (g)'s speed"
     )
 
 
@@ -151,14 +185,20 @@ def main() -> None:
         "(a) tutorial loop, per-step tf.function": measure.tutorial_loop(images, labels),
         "(b) model.fit": measure.fit_loop(images, labels, jit_compile=False),
         "(c) model.fit, jit_compile=True": measure.fit_loop(images, labels, jit_compile=True),
-        f"(d) Trainer, XLA, {STEPS_PER_EXECUTION} steps/call": measure.trainer_loop(images, labels),
+        f"(d) Trainer, XLA, {UNROLLED_STEPS} steps/program, {STEPS_PER_EXECUTION}/call": (
+            measure.trainer_loop(images, labels)
+        ),
+        "(d1) the same, 1 step/program": measure.trainer_loop(images, labels, unrolled_steps=1),
+        "(d2) the same as (d), no XLA": measure.trainer_loop(images, labels, jit_compile=False),
     }
     matmul = measure.matmul_gflops(arguments.matmul_size)
+    memory = measure.memory_gbps(MEMORY_MEGABYTES)
     for run in variants.values():
         run(arguments.warmup)
     matmul()
+    memory()
     seconds: dict[str, list[float]] = {variant: [] for variant in variants}
-    pipeline_runs, matmul_runs = [], []
+    pipeline_runs, matmul_runs, memory_runs = [], [], []
     for repeat in range(arguments.repeats):
         # Rotate the order, so that no variant always runs after the same neighbour.
         names = list(variants)
@@ -166,10 +206,12 @@ def main() -> None:
             seconds[variant].append(variants[variant](arguments.steps))
         pipeline_runs.append(measure.input_pipeline(arguments.data))
         matmul_runs.append(matmul())
+        memory_runs.append(memory())
         print(
             f"repeat {repeat + 1}/{arguments.repeats}: "
             + ", ".join(
-                f"{variant[:3]} {1000 * runs[-1]:.1f} ms/step" for variant, runs in seconds.items()
+                f"{variant.split()[0]} {1000 * runs[-1]:.1f} ms/step"
+                for variant, runs in seconds.items()
             ),
             file=sys.stderr,
             flush=True,
@@ -180,11 +222,18 @@ def main() -> None:
         "best_gflops": max(matmul_runs),
         "runs": matmul_runs,
     }
+    memory_result = {
+        "megabytes": MEMORY_MEGABYTES,
+        "gbps": statistics.median(memory_runs),
+        "best_gbps": max(memory_runs),
+        "runs": memory_runs,
+    }
     rows = summarise(seconds, matmul_result["gflops"])
+    bounds = limits(matmul_result["gflops"], memory_result["gbps"])
     pipeline = {
         part: statistics.median(run[part] for run in pipeline_runs) for part in pipeline_runs[0]
     }
-    print_tables(rows, pipeline, matmul_result)
+    print_tables(rows, pipeline, matmul_result, memory_result, bounds)
     write_json(
         arguments.output,
         {
@@ -199,6 +248,8 @@ def main() -> None:
             "variants": rows,
             "input_pipeline_examples_per_second": pipeline,
             "matmul": matmul_result,
+            "memory": memory_result,
+            "limits": bounds,
         },
     )
     print(f"\nwrote {arguments.output}")

@@ -2,8 +2,11 @@
 
 The step is the reference tutorial's (GradientTape, Keras loss, optimizer and metrics),
 made fast without hiding it:
-- XLA (`jit_compile`) compiles the step: about twice the speed of the plain graph here;
+- XLA (`jit_compile`) compiles the step;
 - `train_steps` runs several steps per call, so Python is entered once per chunk;
+- within a call, `unrolled_steps` steps at a time are traced one after the other into a
+  single compiled program, where XLA plans their buffers together (15-20% faster here at
+  4 steps, the same results bit for bit; benchmarks/README.md);
 - every batch has the same shape: training drops the last partial batch, and evaluation
   pads it and gives the padding zero weight, so nothing retraces or recompiles;
 - the data is decoded once into memory (uint8) and served by tf.data with prefetching.
@@ -129,9 +132,11 @@ class Trainer:
         strategy: tf.distribute.Strategy,
         global_batch_size: int,
         jit_compile: bool,
+        unrolled_steps: int = 1,
     ) -> None:
         self.model, self.optimizer, self.strategy = model, optimizer, strategy
         self.global_batch_size = global_batch_size
+        self.unrolled_steps = unrolled_steps
         self.loss_function = keras.losses.SparseCategoricalCrossentropy(
             from_logits=True, reduction=None
         )
@@ -143,7 +148,8 @@ class Trainer:
         # traces twice (and the first step fails under MirroredStrategy).
         model(tf.zeros((1, *model.input_shape[1:]), model.input.dtype))
         optimizer.build(model.trainable_variables)
-        self._train_step = tf.function(self.train_step, jit_compile=jit_compile)
+        # Traced once per length of `batches`: unrolled_steps, and 1 for the remainder.
+        self._train_chunk = tf.function(self.train_chunk, jit_compile=jit_compile)
         self._eval_step = tf.function(self.eval_step, jit_compile=jit_compile)
 
     @property
@@ -165,15 +171,26 @@ class Trainer:
         self.train_accuracy.update_state(labels, logits)
         return loss
 
+    def train_chunk(self, batches: list[tuple[tf.Tensor, tf.Tensor]]) -> tf.Tensor:
+        """One step per batch, in order, in one program; returns the replica's loss shares."""
+        return tf.stack([self.train_step(images, labels) for images, labels in batches])
+
+    def _run_chunk(self, iterator, num_steps: int) -> tf.Tensor:
+        batches = [next(iterator) for _ in range(num_steps)]
+        replica_losses = self.strategy.run(self._train_chunk, args=(batches,))
+        return self.strategy.reduce(tf.distribute.ReduceOp.SUM, replica_losses, axis=None)
+
     @tf.function
     def train_steps(self, iterator, num_steps: tf.Tensor) -> tf.Tensor:
         """`num_steps` training steps in one call; returns each step's loss."""
-        losses = tf.TensorArray(tf.float32, size=num_steps)
-        for step in tf.range(num_steps):
-            replica_losses = self.strategy.run(self._train_step, args=next(iterator))
-            loss = self.strategy.reduce(tf.distribute.ReduceOp.SUM, replica_losses, axis=None)
-            losses = losses.write(step, loss)
-        return losses.stack()
+        unrolled = self.unrolled_steps
+        losses = tf.TensorArray(tf.float32, size=num_steps // unrolled, element_shape=[unrolled])
+        for chunk in tf.range(num_steps // unrolled):
+            losses = losses.write(chunk, self._run_chunk(iterator, unrolled))
+        remainder = tf.TensorArray(tf.float32, size=num_steps % unrolled, element_shape=[1])
+        for step in tf.range(num_steps % unrolled):
+            remainder = remainder.write(step, self._run_chunk(iterator, 1))
+        return tf.concat([tf.reshape(losses.stack(), [-1]), tf.reshape(remainder.stack(), [-1])], 0)
 
     def eval_step(self, images: tf.Tensor, labels: tf.Tensor, weights: tf.Tensor) -> None:
         logits = self.model(images, training=False)

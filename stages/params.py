@@ -58,6 +58,7 @@ SPECS: dict[str, Spec] = {
     "jit_compile": Spec(bool, _always, "true or false"),
     "deterministic": Spec(bool, _always, "true or false"),
     "steps_per_execution": Spec(int, _positive, "an integer > 0"),
+    "unrolled_steps": Spec(int, _positive, "an integer > 0"),
     "distribute": Spec(str, lambda value: value in STRATEGIES, f"one of {', '.join(STRATEGIES)}"),
     # train and evaluate
     "eval_batch_size": Spec(int, _positive, "an integer > 0"),

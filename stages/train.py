@@ -52,6 +52,7 @@ PARAMS = (
     "jit_compile",
     "deterministic",
     "steps_per_execution",
+    "unrolled_steps",
     "distribute",
     "eval_batch_size",
 )
@@ -146,7 +147,7 @@ def run_epoch(
 
 
 def steps_per_epoch(data_dir: Path, params: dict, replicas: int) -> int:
-    """Full batches per epoch, after checking that batch_size fits the data and replicas."""
+    """Full batches per epoch, after checking batch_size and unrolled_steps against the rest."""
     train_examples, _ = records.split_shards(data_dir, "train")
     batch_size = params["batch_size"]
     if batch_size > train_examples:
@@ -158,6 +159,11 @@ def steps_per_epoch(data_dir: Path, params: dict, replicas: int) -> int:
         raise ValueError(
             f"params.yaml: batch_size: got {batch_size}, expected a multiple of the "
             f"{replicas} replicas of distribute: {params['distribute']}"
+        )
+    if params["unrolled_steps"] > params["steps_per_execution"]:
+        raise ValueError(
+            f"params.yaml: unrolled_steps: got {params['unrolled_steps']}, expected at most "
+            f"steps_per_execution ({params['steps_per_execution']})"
         )
     return train_examples // batch_size
 
@@ -175,6 +181,7 @@ def build_trainer(params: dict, strategy: tf.distribute.Strategy, steps: int) ->
             strategy,
             params["batch_size"],
             jit_compile,
+            params["unrolled_steps"],
         )
 
 

@@ -22,7 +22,7 @@ TINY = {
 }
 
 
-def make_trainer(jit_compile=False, batch_size=16, model="tutorial"):
+def make_trainer(jit_compile=False, batch_size=16, model="tutorial", unrolled_steps=1):
     keras.utils.set_random_seed(0)
     return Trainer(
         build_model(model),
@@ -30,6 +30,7 @@ def make_trainer(jit_compile=False, batch_size=16, model="tutorial"):
         tf.distribute.get_strategy(),
         batch_size,
         jit_compile,
+        unrolled_steps,
     )
 
 
@@ -48,7 +49,34 @@ def test_loss_falls_on_a_repeated_batch(jit_compile):
     losses = trainer.train_steps(iter(dataset), tf.constant(30)).numpy()
     assert losses.shape == (30,)
     assert losses[-1] < 0.5 * losses[0]
-    assert trainer._train_step.experimental_get_tracing_count() == 1
+    assert trainer._train_chunk.experimental_get_tracing_count() == 1
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_unrolled_steps_give_the_same_training_with_any_remainder(jit_compile):
+    arrays = synthetic_arrays(train=160)
+
+    def train(unrolled_steps, calls):
+        trainer = make_trainer(jit_compile, unrolled_steps=unrolled_steps)
+        dataset = make_train_dataset(arrays["x_train"], arrays["y_train"], 16, seed=1)
+        iterator = iter(dataset.repeat())
+        losses = np.concatenate(
+            [trainer.train_steps(iterator, tf.constant(steps)).numpy() for steps in calls]
+        )
+        # The next batch is the 24th of the stream: every step took exactly one batch.
+        next_labels = next(iterator)[1].numpy()
+        return losses, trainer.model.get_weights(), next_labels, trainer
+
+    # 23 steps as 4 + 4 + 2 remaining, then 13 = 3 x 4 + 1 remaining.
+    losses, weights, next_labels, trainer = train(4, [10, 13])
+    expected_losses, expected_weights, expected_next, _ = train(1, [23])
+    assert losses.shape == (23,)
+    np.testing.assert_array_equal(losses, expected_losses)
+    for weight, expected in zip(weights, expected_weights, strict=True):
+        np.testing.assert_array_equal(weight, expected)
+    np.testing.assert_array_equal(next_labels, expected_next)
+    # Two programs: 4 steps, and 1 for the remainders; no retracing per call.
+    assert trainer._train_chunk.experimental_get_tracing_count() == 2
 
 
 def test_evaluation_counts_every_example_once_despite_padding():
@@ -131,6 +159,11 @@ def test_divergence_names_the_epoch_and_step(prepared, tmp_path):
 def test_batch_larger_than_the_data(prepared, tmp_path):
     with pytest.raises(ValueError, match="batch_size: got 500, expected at most the 200"):
         train_stage.train(prepared, {**TINY, "batch_size": 500}, tmp_path / "c")
+
+
+def test_more_unrolled_steps_than_steps_per_call(prepared, tmp_path):
+    with pytest.raises(ValueError, match=r"unrolled_steps: got 5, expected at most steps_per_exe"):
+        train_stage.train(prepared, {**TINY, "unrolled_steps": 5}, tmp_path / "c")
 
 
 def test_history_file_is_a_tsv_with_one_row_per_epoch(tmp_path):
