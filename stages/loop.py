@@ -9,7 +9,8 @@ made fast without hiding it:
   steps, the same results bit for bit; README.md, Speed);
 - every batch has the same shape: training drops the last partial batch, and evaluation
   pads it and gives the padding zero weight, so nothing retraces or recompiles;
-- the data is decoded once into memory (uint8) and served by tf.data with prefetching.
+- the data is decoded once into memory (uint8) and served by tf.data with prefetching,
+  without the autotuning model (see in_memory_options).
 The same code runs under any tf.distribute strategy (per-example losses averaged over the
 global batch, metrics updated inside the replica function, variables created in the
 strategy's scope); each worker reads only its own share of the training shards.
@@ -26,6 +27,20 @@ import numpy as np
 import tensorflow as tf
 
 
+def in_memory_options() -> tf.data.Options:
+    """tf.data options for the pipelines here, which serve arrays already in memory.
+
+    No autotuning model: these pipelines have nothing for it to tune (prefetch sizes its
+    buffer by itself), and deleting an iterator waits for the model's background thread.
+    Measured with TF 2.21 on this machine, training the tutorial model: a wait of 1.1 to
+    2.8 s after 4 of 6 epochs of 7.5 s each, and none with the model off, at the same
+    speed.
+    """
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return options
+
+
 def make_train_dataset(
     images: np.ndarray, labels: np.ndarray, batch_size: int, seed: int
 ) -> tf.data.Dataset:
@@ -35,6 +50,7 @@ def make_train_dataset(
         .shuffle(len(images), seed=seed)
         .batch(batch_size, drop_remainder=True)
         .prefetch(tf.data.AUTOTUNE)
+        .with_options(in_memory_options())
     )
 
 
@@ -48,7 +64,7 @@ def make_eval_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int) -
     # Several workers split the batches between them (the padding weights travel with
     # them) and the metrics add up over the workers. Tensors in memory have no files to
     # shard by: say DATA rather than let AUTO try FILE first and log a warning.
-    options = tf.data.Options()
+    options = in_memory_options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return (
         tf.data.Dataset.from_tensor_slices((images, labels, weights))
