@@ -13,9 +13,10 @@ and the stages downstream do not re-run.
 
 Memory does not grow with the data set's images: each array is copied out of the .npz to
 an uncompressed .npy inside the output-to-be, CHUNK_BYTES at a time, and read through a
-memory map one shard of images at a time (examples_per_shard x 784 bytes). Held whole, per
-image: the split's order (8 bytes) and the labels it selects (1 byte as uint8), 7 MB for
-800,000 images. The copies need the arrays' uncompressed size on disk while prepare runs.
+memory map one shard of images per core at a time (examples_per_shard x 784 bytes each).
+Held whole, per image: the split's order (8 bytes) and the labels it selects (1 byte as
+uint8), 7 MB for 800,000 images. The copies need the arrays' uncompressed size on disk
+while prepare runs.
 """
 
 from __future__ import annotations

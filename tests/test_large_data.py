@@ -1,4 +1,4 @@
-"""prepare on data larger than memory: it streams the raw arrays, one shard at a time."""
+"""prepare on data larger than memory: it streams the raw arrays, a shard per core at a time."""
 
 import tracemalloc
 

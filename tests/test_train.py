@@ -106,6 +106,15 @@ def test_training_batches_are_full_and_the_order_is_seeded():
     assert order(1) == order(1) and order(1) != order(2)
 
 
+def test_in_memory_pipelines_run_without_the_autotuning_model():
+    # Its thread made deleting each epoch's iterator wait seconds (loop.in_memory_options).
+    arrays = synthetic_arrays(train=50)
+    train = make_train_dataset(arrays["x_train"], arrays["y_train"], 16, seed=1)
+    evaluation = make_eval_dataset(arrays["x_train"], arrays["y_train"], 16)
+    assert train.options().autotune.enabled is False
+    assert evaluation.options().autotune.enabled is False
+
+
 def test_saved_model_round_trip_through_its_signature(tmp_path):
     model = build_model("tutorial")
     export_saved_model(model, tmp_path / "model")
