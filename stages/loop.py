@@ -198,7 +198,10 @@ class Trainer:
 
     @tf.function
     def train_steps(self, iterator, num_steps: tf.Tensor) -> tf.Tensor:
-        """`num_steps` training steps in one call; returns each step's loss."""
+        """`num_steps` training steps in one call; returns each step's loss.
+
+        Chunks of `unrolled_steps` steps, then the remainder one step at a time.
+        """
         unrolled = self.unrolled_steps
         losses = tf.TensorArray(tf.float32, size=num_steps // unrolled, element_shape=[unrolled])
         for chunk in tf.range(num_steps // unrolled):
@@ -206,7 +209,7 @@ class Trainer:
         remainder = tf.TensorArray(tf.float32, size=num_steps % unrolled, element_shape=[1])
         for step in tf.range(num_steps % unrolled):
             remainder = remainder.write(step, self._run_chunk(iterator, 1))
-        return tf.concat([tf.reshape(losses.stack(), [-1]), tf.reshape(remainder.stack(), [-1])], 0)
+        return tf.concat([losses.concat(), remainder.concat()], axis=0)
 
     def eval_step(self, images: tf.Tensor, labels: tf.Tensor, weights: tf.Tensor) -> None:
         logits = self.model(images, training=False)

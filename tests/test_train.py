@@ -67,8 +67,8 @@ def test_unrolled_steps_give_the_same_training_with_any_remainder(jit_compile):
         next_labels = next(iterator)[1].numpy()
         return losses, trainer.model.get_weights(), next_labels, trainer
 
-    # 23 steps as 4 + 4 + 2 remaining, then 13 = 3 x 4 + 1 remaining.
-    losses, weights, next_labels, trainer = train(4, [10, 13])
+    # 23 steps: 10 = 2 x 4 + 2 remaining, 3 = 3 remaining only, 10 again.
+    losses, weights, next_labels, trainer = train(4, [10, 3, 10])
     expected_losses, expected_weights, expected_next, _ = train(1, [23])
     assert losses.shape == (23,)
     np.testing.assert_array_equal(losses, expected_losses)
