@@ -2,9 +2,9 @@
 
 Reads  models/mnist (through its serving_default signature only: none of the training
        code), data/prepared (test shards and meta.json), the params in PARAMS.
-Writes metrics/eval.json: accuracy and loss over every test image (the metrics columns of
-       `dvc exp show`: a few, so that the table fits a terminal);
-       metrics/per_class.json: the accuracy on each digit, a bar chart of `dvc plots show`;
+Writes metrics/eval.json: accuracy and loss over every test image (two columns of the
+       metrics tables, which must fit a terminal: nothing else goes there);
+       metrics/per_class.json: accuracy and test images of each digit, a bar chart;
        metrics/confusion.csv: one (actual, predicted) row per test image, for the
        confusion matrix of `dvc plots show`;
        metrics/mistakes.png: the most confident wrong predictions, shown by `dvc plots show`.
@@ -75,7 +75,6 @@ def compute_metrics(labels: np.ndarray, logits: np.ndarray) -> dict:
     return {
         "accuracy": float(np.mean(predictions == labels)),
         "loss": float(np.mean(losses)),
-        "examples": len(labels),
     }
 
 
@@ -172,7 +171,7 @@ def main() -> None:
     metrics = compute_metrics(labels, logits)
     print(
         f"evaluate: test accuracy {metrics['accuracy']:.4f} loss {metrics['loss']:.4f} "
-        f"on {metrics['examples']} images"
+        f"on {len(labels)} images"
     )
     write_json(arguments.metrics, metrics)
     write_json(arguments.per_class, per_class_accuracy(labels, logits.argmax(axis=1)))
