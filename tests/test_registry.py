@@ -81,16 +81,19 @@ def test_register_push_and_get_a_version_by_name(tmp_path):
         run(["git", "commit", "-qm", f"model {version}"], repo, env)
         run(["gto", "register", "mnist", "--version", version], repo, env)
         run(["dvc", "push", "--quiet"], repo, env)
-    assert "mnist@v1.0.0" in run(["git", "tag"], repo, env)
-    assert "v1.1.0" in run(["gto", "show", "mnist"], repo, env)
+    run(["gto", "assign", "mnist", "--version", "v1.0.0", "--stage", "prod"], repo, env)
+    tags = run(["git", "tag"], repo, env).split()
+    assert tags == ["mnist#prod#1", "mnist@v1.0.0", "mnist@v1.1.0"]
 
-    # Another directory, as a user of the registry: by name and version, from the remote
+    # Another directory, as a user of the registry: by name, and version or stage, from the remote
     # (the repository's cache is gone, so the files must come from `storage`).
     shutil.rmtree(repo / ".dvc/cache")
     elsewhere.mkdir()
-    for version, digit in (("v1.0.0", 3), ("v1.1.0", 7)):
-        fetched = elsewhere / version
-        command = ["dvc", "artifacts", "get", str(repo), "mnist", "--rev", version]
-        run([*command, "-o", str(fetched)], elsewhere, env)
-        assert classes(fetched) == [digit] * 3
+    wanted = {"by-version": ["--rev", "v1.0.0"], "by-stage": ["--stage", "prod"], "latest": []}
+    for name, options in wanted.items():
+        command = ["dvc", "artifacts", "get", str(repo), "mnist", *options]
+        run([*command, "-o", str(elsewhere / name)], elsewhere, env)
+    assert classes(elsewhere / "by-version") == [3, 3, 3]
+    assert classes(elsewhere / "by-stage") == [3, 3, 3]
+    assert classes(elsewhere / "latest") == [7, 7, 7]
     np.testing.assert_array_equal(classes(repo / "models/mnist"), [7, 7, 7])
