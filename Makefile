@@ -57,11 +57,12 @@ lock: $(DEV_STAMP)
 # a pinned version has no wheel for a platform, or a platform needs a package the lock lacks
 # (--require-hashes: every package installed must be in the file).
 check-lock: $(DEV_STAMP)
-	@for platform in $(LOCK_PLATFORMS); do \
+	@target=$$(mktemp -d) && trap 'rm -rf "$$target"' EXIT && \
+	for platform in $(LOCK_PLATFORMS); do \
 	  for file in requirements.txt requirements-dev.txt; do \
 	    MACOSX_DEPLOYMENT_TARGET=$(MACOS_VERSION) uv pip install --quiet --dry-run \
 	      --require-hashes --python-version 3.11 --python-platform $$platform \
-	      --target $$(mktemp -d) -r $$file || exit 1; \
+	      --target "$$target" -r $$file || exit 1; \
 	    echo "$$file: resolves for $$platform"; \
 	  done; \
 	done
