@@ -9,9 +9,9 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 # Where the lock must install (uv's names); Windows resolves too, but is not tested.
 LOCK_PLATFORMS := x86_64-unknown-linux-gnu aarch64-unknown-linux-gnu aarch64-apple-darwin
-# onnxruntime (dev only) has macOS arm64 wheels for macOS 14 and later; the runtime lock
-# installs from macOS 13.
-MACOS_VERSION := 14.0
+# Each lock with the oldest macOS it installs on (arm64): ai-edge-litert's wheels need 12,
+# onnxruntime's (dev only) 14.
+LOCK_FILES := requirements.txt:12.0 requirements-dev.txt:14.0
 UV_COMPILE := uv pip compile --quiet --universal --python-version 3.11 --generate-hashes \
 	--custom-compile-command "make lock"
 
@@ -26,8 +26,8 @@ test: $(DEV_STAMP)
 lint: $(DEV_STAMP)
 	ruff check . && ruff format --check .
 
-# The experiments table, narrow enough for a 120-column terminal (README, "Everyday
-# commands"): the params that differ between rows, validation accuracy, test accuracy and
+# The experiments table, narrow enough for a 120-column terminal (README, "Watching a
+# run"): the params that differ between rows, validation accuracy, test accuracy and
 # loss; no training metrics, dependency hashes (every column with a "/") or dates.
 exps: $(STAMP)
 	dvc exp show --only-changed --drop 'Created|.*/|train\.|validation\.loss' --keep '^(accuracy|loss|validation\.accuracy)$$'
@@ -59,8 +59,9 @@ lock: $(DEV_STAMP)
 check-lock: $(DEV_STAMP)
 	@target=$$(mktemp -d) && trap 'rm -rf "$$target"' EXIT && \
 	for platform in $(LOCK_PLATFORMS); do \
-	  for file in requirements.txt requirements-dev.txt; do \
-	    MACOSX_DEPLOYMENT_TARGET=$(MACOS_VERSION) uv pip install --quiet --dry-run \
+	  for lock in $(LOCK_FILES); do \
+	    file=$${lock%%:*}; \
+	    MACOSX_DEPLOYMENT_TARGET=$${lock##*:} uv pip install --quiet --dry-run \
 	      --require-hashes --python-version 3.11 --python-platform $$platform \
 	      --target "$$target" -r $$file || exit 1; \
 	    echo "$$file: resolves for $$platform"; \
