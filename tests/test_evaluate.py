@@ -50,6 +50,7 @@ def test_per_class_accuracy_agrees_with_keras_on_each_digit():
         accuracy = keras.metrics.Accuracy()
         accuracy.update_state(labels[chosen], predictions[chosen])
         assert row["accuracy"] == pytest.approx(float(accuracy.result()))
+        assert row["error_rate"] == pytest.approx(1 - row["accuracy"])
         assert row["examples"] == int(chosen.sum())
 
 
