@@ -159,13 +159,13 @@ def load_raw(path: Path, checksums_path: Path, scratch: Path) -> dict[str, np.nd
     """The raw arrays (memory maps into `scratch`), checked: shapes, ranges and checksums."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file; it is committed with the repository")
-    expected = read_checksums(checksums_path)
     arrays = extract_arrays(path, scratch)
     missing = [name for name in ARRAYS if name not in arrays]
     if missing:
         raise ValueError(f"{path}: missing array {missing[0]!r}; expected {', '.join(ARRAYS)}")
     for split in ("train", "test"):
         check_split(path, arrays[f"x_{split}"], arrays[f"y_{split}"], split)
+    expected = read_checksums(checksums_path)
     for name in ARRAYS:
         if sha256_of_array(arrays[name]) != expected[name]:
             raise ValueError(
