@@ -138,6 +138,8 @@ def read_document(path: str | Path = "params.yaml") -> dict[str, Any]:
         ) from None
     try:
         document = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader
+    except RecursionError:
+        raise ValueError(f"{path}: malformed YAML: nested too deep") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
