@@ -135,11 +135,14 @@ def run_stage(
             f"{stage}: interrupted by {signal.Signals(signum).name}; {interrupted}", file=sys.stderr
         )
         sys.exit(128 + signum)
-    except OSError as error:
-        if error.errno not in WRITE_ERRORS or not error.filename:
+    except Exception as error:
+        # A write that failed for want of space or permission, outside atomic_output too
+        # (TensorFlow's checkpoints, say): named in one line. Anything else: a traceback.
+        failed = write_error(error, "")
+        if failed is None or not failed.filename:
             raise
         print(
-            f"error: {error.filename}: {error.strerror}; {WRITE_ERRORS[error.errno]}",
+            f"error: {failed.filename}: {failed.strerror}; {WRITE_ERRORS[failed.errno]}",
             file=sys.stderr,
         )
         sys.exit(1)
