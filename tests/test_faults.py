@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -449,3 +450,28 @@ def test_a_killed_stages_leftovers_are_ignored_by_git_and_dvc():
     )
     assert result.stdout.split() == leftovers
     assert ".*.tmp-*" in (REPO / ".dvcignore").read_text().splitlines()
+
+
+def test_ctrl_c_during_a_real_prepare_is_one_line_and_leaves_nothing(tmp_path):
+    raw, checksums = write_raw(tmp_path / "raw", synthetic_arrays(train=3000, test=600))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "stages.prepare", str(raw), str(checksums), str(tmp_path / "p")],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not list(tmp_path.glob(".p.tmp-*")):  # TensorFlow loaded, prepare under way
+            assert process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.005)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 130
+    assert stderr.splitlines()[-1].startswith("prepare: interrupted by SIGINT; no output")
+    assert "Traceback" not in stderr
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["raw"]
