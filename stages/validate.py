@@ -36,8 +36,6 @@ else:  # python stages/validate.py: its siblings are top-level modules
     from files import atomic_output, run_stage  # type: ignore[no-redef]
     from params import SPECS, check_params, read_document  # type: ignore[no-redef]
 
-PARAMS_FILE = "params.yaml"
-
 
 def stage_keys(module_path: Path) -> tuple[str, ...]:
     """The `PARAMS = (...)` tuple of a stage module, read from its source without running it."""
