@@ -19,6 +19,7 @@ import yaml
 MODELS = ("tutorial", "convnet")
 STRATEGIES = ("none", "mirrored", "multi_worker")
 SCHEDULES = ("constant", "cosine")
+QUANTIZATIONS = ("float", "dynamic_range", "int8")
 
 
 @dataclass(frozen=True)
@@ -60,8 +61,12 @@ SPECS: dict[str, Spec] = {
     "steps_per_execution": Spec(int, _positive, "an integer > 0"),
     "unrolled_steps": Spec(int, _positive, "an integer > 0"),
     "distribute": Spec(str, lambda value: value in STRATEGIES, f"one of {', '.join(STRATEGIES)}"),
-    # train and evaluate
+    # train, evaluate and export
     "eval_batch_size": Spec(int, _positive, "an integer > 0"),
+    # export
+    "quantization": Spec(
+        str, lambda value: value in QUANTIZATIONS, f"one of {', '.join(QUANTIZATIONS)}"
+    ),
 }
 
 

@@ -9,7 +9,7 @@ import yaml
 from tests.conftest import DEFAULT_PARAMS, REPO
 
 PIPELINE = yaml.safe_load((REPO / "dvc.yaml").read_text())
-STAGES = ("prepare", "train", "evaluate")
+STAGES = ("prepare", "train", "evaluate", "export")
 
 
 def stage_imports(module_name: str, seen: set[str] | None = None) -> set[str]:
@@ -55,3 +55,11 @@ def test_every_param_is_read_by_some_stage():
 def test_stage_commands_run_their_own_module():
     for stage in STAGES:
         assert PIPELINE["stages"][stage]["cmd"].startswith(f"python -m stages.{stage} ")
+
+
+def test_no_stage_imports_another_stage():
+    # Shared code lives in modules that are not stages (files, records, savedmodel, ...), so
+    # a change to one stage's script never re-runs another stage.
+    scripts = {f"stages.{name}" for name in (*STAGES, "predict")}
+    for script in scripts:
+        assert stage_imports(script) & scripts == {script}
