@@ -156,8 +156,10 @@ def export_saved_model(model: keras.Model, directory: str | Path) -> None:
     _make_reproducible(Path(directory))
 
 
-# A name or label that ends in a count taken from a process-wide counter.
+# A function name that ends in a count taken from a process-wide counter.
 _COUNTED = re.compile(r"(.*_)(\d+)")
+# The attribute that names a function's argument; for captured inputs, a bare count.
+_LABEL = "_user_specified_name"
 
 
 def _make_reproducible(directory: Path) -> None:
@@ -165,7 +167,7 @@ def _make_reproducible(directory: Path) -> None:
 
     What differs between two saves of the same weights: (1) function names end in a
     process-wide counter (`__inference_serve_1234`), and the library lists functions by
-    name; (2) the signature wrapper labels its captured inputs with tensor ids (`126`);
+    name; (2) the signature wrapper labels its captured inputs with such counts (`126`);
     (3) fingerprint.pb holds a random UUID, besides hashes of (1) and (2). TensorFlow's
     own fingerprint strips the counters for the same reason
     (tensorflow/core/graph/regularization/simple_delete.cc). Here they are renumbered in
@@ -178,17 +180,7 @@ def _make_reproducible(directory: Path) -> None:
         library = meta_graph.graph_def.library
         names = [function.signature.name for function in library.function]
         _replace_strings(saved_model, _renumbered(names))
-        labels = [
-            attributes.attr["_user_specified_name"].s.decode()
-            for function in library.function
-            for attributes in function.arg_attr.values()
-            if attributes.attr["_user_specified_name"].s.isdigit()
-        ]
-        for function in library.function:
-            for attributes in function.arg_attr.values():
-                label = attributes.attr["_user_specified_name"]
-                if label.s.isdigit():
-                    label.s = str(sorted(labels, key=int).index(label.s.decode())).encode()
+        _renumber_counted_labels(library)
         functions = sorted(library.function, key=lambda function: function.signature.name)
         library.ClearField("function")
         library.function.extend(functions)
@@ -210,6 +202,19 @@ def _renumbered(names: list[str]) -> dict[str, str]:
         (int(_COUNTED.fullmatch(name)[2]), name) for name in names if _COUNTED.fullmatch(name)
     )
     return {name: f"{_COUNTED.fullmatch(name)[1]}{rank}" for rank, (_, name) in enumerate(counted)}
+
+
+def _renumber_counted_labels(library) -> None:
+    """Replace the argument labels that are bare counts (`126`) by their rank."""
+    labels = [
+        attributes.attr[_LABEL]
+        for function in library.function
+        for attributes in function.arg_attr.values()
+        if _LABEL in attributes.attr and attributes.attr[_LABEL].s.isdigit()
+    ]
+    ranks = {count: rank for rank, count in enumerate(sorted({int(x.s) for x in labels}))}
+    for label in labels:
+        label.s = str(ranks[int(label.s)]).encode()
 
 
 def _replace_strings(message, replacements: dict[str, str]) -> None:
