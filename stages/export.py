@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -73,7 +74,11 @@ def convert(model: Path, data: Path, quantization: str) -> bytes:
     """The SavedModel at `model` as a TFLite flatbuffer."""
     converter = tf.lite.TFLiteConverter.from_saved_model(str(model))
     CONVERSIONS[quantization](converter, data)
-    return converter.convert()
+    with warnings.catch_warnings():
+        # int8 calibration runs TensorFlow's own tf.lite.Interpreter, which then warns that
+        # it is deprecated: not something this code or its user can change.
+        warnings.filterwarnings("ignore", r"\s*Warning: tf.lite.Interpreter is deprecated")
+        return converter.convert()
 
 
 def tflite_outputs(runner, images: np.ndarray, batch_size: int) -> dict[str, np.ndarray]:
