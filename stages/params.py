@@ -19,6 +19,7 @@ import yaml
 MODELS = ("tutorial", "convnet")
 STRATEGIES = ("none", "mirrored", "multi_worker")
 SCHEDULES = ("constant", "cosine")
+QUANTIZATIONS = ("float", "dynamic_range", "int8")
 
 
 @dataclass(frozen=True)
@@ -73,8 +74,12 @@ SPECS: dict[str, Spec] = {
     # Each unrolled step is compiled into the same program: compile time grows with it.
     "unrolled_steps": _count(64),
     "distribute": Spec(str, lambda value: value in STRATEGIES, f"one of {', '.join(STRATEGIES)}"),
-    # train and evaluate
+    # train, evaluate and export
     "eval_batch_size": _count(MAX_BATCH),
+    # export
+    "quantization": Spec(
+        str, lambda value: value in QUANTIZATIONS, f"one of {', '.join(QUANTIZATIONS)}"
+    ),
 }
 
 

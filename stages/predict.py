@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from stages.evaluate import load_classifier, predict_logits, softmax
 from stages.files import run_stage
 from stages.records import IMAGE_SIZE
+from stages.savedmodel import load_classifier, predict
 
 # MNIST's framing: the digit's longer side is 20 pixels, its centre of mass at pixel
 # (14, 14) (measured on the test set: 13.99, 14.00).
@@ -123,9 +123,9 @@ def to_mnist(gray: np.ndarray) -> np.ndarray:
 
 def classify(classifier, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The predicted digit and its probability for each of the uint8 images [n, 28, 28]."""
-    probabilities = softmax(predict_logits(classifier, images, BATCH_SIZE))
-    digits = probabilities.argmax(axis=1)
-    return digits, probabilities[np.arange(len(digits)), digits]
+    outputs = predict(classifier, images, BATCH_SIZE)
+    digits = outputs["classes"]
+    return digits, outputs["probabilities"][np.arange(len(digits)), digits]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 from stages import predict
-from stages.evaluate import load_classifier
 from stages.model import export_saved_model, tutorial_model
+from stages.savedmodel import load_classifier
 from tests.conftest import REPO
 from tests.test_pipeline_spec import stage_imports
 
