@@ -12,13 +12,26 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
+# The names each choice param accepts, listed once, here: pure Python, so that params.yaml
+# is checked without importing TensorFlow. The code that dispatches on a name builds its
+# table with dispatch_table, which refuses a table whose names differ from these.
 MODELS = ("tutorial", "convnet")
 STRATEGIES = ("none", "mirrored", "multi_worker")
 SCHEDULES = ("constant", "cosine")
+CHOICES = {"model": MODELS, "learning_rate_schedule": SCHEDULES, "distribute": STRATEGIES}
+
+T = TypeVar("T")
+
+
+def dispatch_table(key: str, **entries: T) -> dict[str, T]:
+    """`entries` by name, checked to be exactly the choices of param `key`, in order."""
+    if tuple(entries) != CHOICES[key]:
+        raise RuntimeError(f"{key}: params.py lists {CHOICES[key]}, the code {tuple(entries)}")
+    return entries
 
 
 @dataclass(frozen=True)
@@ -58,7 +71,6 @@ SPECS: dict[str, Spec] = {
     "jit_compile": Spec(bool, _always, "true or false"),
     "deterministic": Spec(bool, _always, "true or false"),
     "steps_per_execution": Spec(int, _positive, "an integer > 0"),
-    "unrolled_steps": Spec(int, _positive, "an integer > 0"),
     "distribute": Spec(str, lambda value: value in STRATEGIES, f"one of {', '.join(STRATEGIES)}"),
     # train and evaluate
     "eval_batch_size": Spec(int, _positive, "an integer > 0"),
@@ -109,3 +121,20 @@ def load_params(keys: tuple[str, ...], path: str | Path = "params.yaml") -> dict
         except ValueError as error:
             raise ValueError(f"{path}: {error}") from None
     return params
+
+
+def check_train_params(params: dict[str, Any], train_examples: int, replicas: int) -> None:
+    """Checks across train's keys and the data: one group of full batches fits in an epoch,
+    and the global batch splits evenly between the replicas of `distribute`."""
+    batch_size, group = params["batch_size"], params["steps_per_execution"]
+    if batch_size * group > train_examples:
+        raise ValueError(
+            f"params.yaml: batch_size: got {batch_size}, expected at most the {train_examples} "
+            f"training examples divided by steps_per_execution ({group}): an epoch is made of "
+            f"whole groups of steps_per_execution full batches"
+        )
+    if batch_size % replicas:
+        raise ValueError(
+            f"params.yaml: batch_size: got {batch_size}, expected a multiple of the "
+            f"{replicas} replicas of distribute: {params['distribute']}"
+        )
