@@ -70,12 +70,15 @@ class Checkpoints:
                 shutil.rmtree(path) if path.is_dir() else path.unlink()
             if isinstance(error, OSError):
                 code, reason = error.errno, error.strerror
-            else:  # TensorFlow's: the first line of its message says what the OS said
+            else:  # TensorFlow's: "{{function_node ...}} <file>; <reason> [Op:SaveV2]"
                 full = isinstance(error, tf.errors.ResourceExhaustedError)
-                code, reason = errno.ENOSPC if full else errno.EACCES, error.message.splitlines()[0]
+                code = errno.ENOSPC if full else errno.EACCES
+                reason = error.message.split("; ")[-1].split(" [Op:")[0].strip()
+            if not any(self.directory.iterdir()):
+                self.directory.rmdir()
             raise OSError(
                 code,
-                f"could not save the checkpoint of epoch {len(history)} ({reason})",
+                f"could not save the checkpoint of epoch {len(history)}: {reason}",
                 str(self.directory),
             ) from None
 

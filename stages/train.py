@@ -21,7 +21,7 @@ if __name__ == "__main__":  # the command line: before TensorFlow is imported be
 import argparse
 import csv
 import functools
-import sys
+import math
 import tempfile
 import time
 from dataclasses import dataclass
@@ -30,7 +30,6 @@ from pathlib import Path
 import keras
 import numpy as np
 import tensorflow as tf
-from tqdm import tqdm
 
 from stages import records
 from stages.checkpoints import Checkpoints, open_checkpoints
@@ -44,6 +43,8 @@ from stages.loop import (
 )
 from stages.model import build_model, export_saved_model
 from stages.params import check_train_params, dispatch_table, load_params
+from stages.progress import Progress
+from stages.records import NUM_CLASSES
 
 PARAMS = (
     "seed",
@@ -67,6 +68,14 @@ HISTORY_COLUMNS = (
     "learning_rate",
 )
 
+# Runaway training stops when the mean loss of the epoch so far is not finite or exceeds 10x
+# an untrained model's: uniform logits over 10 classes cost ln(10) = 2.30 per example. On
+# MNIST, healthy runs of both models at learning rates 0.001-0.01 peak at 3.4 (the first
+# group of steps of the tutorial model at 0.01) and fall from there; runaway ones
+# (learning_rate 1000) reach 1e3-1e12 within their first steps. README, What can go wrong.
+UNTRAINED_LOSS = math.log(NUM_CLASSES)
+RUNAWAY_LOSS = 10 * UNTRAINED_LOSS
+
 # The `learning_rate_schedule` param's choices: Adam's learning rate, given the initial one
 # and the number of steps of the whole run.
 SCHEDULES = dispatch_table(
@@ -87,20 +96,20 @@ def load_training_shards(data_dir: Path, part: int, parts: int) -> tuple[np.ndar
 
 
 def run_epoch(
-    trainer: Trainer, dataset: tf.distribute.DistributedDataset, steps: int, progress: tqdm
+    trainer: Trainer, dataset: tf.distribute.DistributedDataset, steps: int, progress: Progress
 ) -> None:
     """One pass over the training data, `steps_per_execution` steps per call."""
     iterator = iter(dataset)
     for done in range(trainer.steps_per_execution, steps + 1, trainer.steps_per_execution):
         trainer.run_steps(iterator)
-        loss = float(trainer.train_loss.result())  # the epoch's mean so far
-        if not np.isfinite(loss):
+        loss = float(trainer.train_loss.result())  # the mean over this epoch's steps so far
+        if not loss <= RUNAWAY_LOSS:  # nan too
             raise ValueError(
-                f"training diverged: loss is {loss} by step {done}; "
-                "lower learning_rate in params.yaml"
+                f"params.yaml: learning_rate: training ran away in {progress.description}: "
+                f"mean loss {loss:.3g} over its first {done} steps, where an untrained model's "
+                f"is {UNTRAINED_LOSS:.2f}; lower learning_rate"
             )
-        progress.update(trainer.steps_per_execution)
-        progress.set_postfix(loss=f"{loss:.4f}", refresh=False)
+        progress.update(done, loss)
 
 
 def build_trainer(params: dict, strategy: tf.distribute.Strategy, steps: int) -> Trainer:
@@ -186,9 +195,14 @@ def train(data_dir: Path, params: dict, checkpoint_root: Path) -> TrainingRun:
             strategy, load_shards, params["batch_size"], params["seed"] + epoch
         )
         start = time.perf_counter()
-        bar = tqdm(total=steps, desc=f"epoch {epoch}/{epochs}", disable=not sys.stderr.isatty())
-        with bar as progress:
+        progress = Progress(steps, f"epoch {epoch}/{epochs}")
+        try:
             run_epoch(trainer, dataset, steps, progress)
+        except ValueError:
+            checkpoints.remove()  # it would run away again: nothing to resume
+            raise
+        finally:
+            progress.close()
         seconds = time.perf_counter() - start
         history.append(epoch_summary(trainer, epoch, validation))
         row = history[-1]

@@ -4,6 +4,8 @@ Only the tests about XLA compile with it (jit_compile: true); the rest run the s
 as plain TensorFlow graphs, which start in a fraction of the time.
 """
 
+import errno
+import io
 import subprocess
 import sys
 
@@ -19,7 +21,8 @@ from stages.evaluate import load_classifier
 from stages.loop import STRATEGIES, Trainer, make_eval_dataset, make_train_dataset
 from stages.model import MODELS, RandomShift, build_model, export_saved_model
 from stages.params import check_train_params, dispatch_table
-from tests.conftest import DEFAULT_PARAMS, REPO, synthetic_arrays
+from stages.progress import Progress
+from tests.conftest import DEFAULT_PARAMS, REPO, synthetic_arrays, write_params
 
 # 200 training examples in batches of 16: 12 full batches, 6 groups of 2 steps per epoch.
 TINY = {
@@ -232,8 +235,8 @@ def test_the_checkpoint_key_changes_with_every_param_and_the_data(prepared):
     assert checkpoint_key(TINY, prepared) != key
 
 
-def test_divergence_names_learning_rate(prepared, tmp_path):
-    with pytest.raises(ValueError, match=r"training diverged.*learning_rate"):
+def test_a_non_finite_loss_stops_training(prepared, tmp_path):
+    with pytest.raises(ValueError, match=r"learning_rate: training ran away .* mean loss nan"):
         train_stage.train(prepared, {**TINY, "learning_rate": 1e30}, tmp_path / "c")
 
 
@@ -284,3 +287,66 @@ def test_history_file_is_a_tsv_with_one_row_per_epoch(tmp_path):
     train_stage.write_history(tmp_path / "history.tsv", history)
     lines = (tmp_path / "history.tsv").read_text().splitlines()
     assert lines == ["\t".join(train_stage.HISTORY_COLUMNS), "1\t0.5\t0.8\t0.6\t0.75\t0.001"]
+
+
+def test_runaway_training_stops_naming_learning_rate_and_writes_nothing(
+    prepared, tmp_path, monkeypatch
+):
+    params = tmp_path / "params.yaml"
+    write_params(params, **{**TINY, "learning_rate": 1000.0})
+    out = tmp_path / "out"
+    arguments = [str(prepared), str(out / "model"), str(out / "train.json"), str(out / "h.tsv")]
+    checkpoints = tmp_path / "checkpoints"
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        ["train", *arguments, "--params", str(params), "--checkpoints", str(checkpoints)],
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"^params.yaml: learning_rate: training ran away in "
+        r"epoch 1/2: mean loss (\S+) over its first \d+ steps",
+    ) as error:
+        train_stage.main()
+    loss = float(error.value.args[0].split("mean loss ")[1].split()[0])
+    assert not loss <= train_stage.RUNAWAY_LOSS
+    assert not out.exists()  # no model, no metrics
+    assert not any(checkpoints.rglob("*"))  # nothing to resume: it would run away again
+
+
+def test_a_full_disk_while_saving_a_checkpoint_is_one_line_and_leaves_no_files(
+    prepared, tmp_path, monkeypatch
+):
+    run = train_stage.train(prepared, {**TINY, "epochs": 1}, tmp_path / "checkpoints")
+    checkpoints = run.checkpoints
+    checkpoints.save(run.history)  # a first, complete checkpoint
+    before = sorted(checkpoints.directory.rglob("*"))
+
+    def save_on_a_full_disk(checkpoint_number):
+        # What TensorFlow does: temporary files first, then the error.
+        (checkpoints.directory / "ckpt-2_temp").mkdir()
+        (checkpoints.directory / "ckpt-2_temp" / "part-00000-of-00001.data").write_bytes(b"x")
+        raise tf.errors.ResourceExhaustedError(None, None, "ckpt-2_temp; No space left on device")
+
+    monkeypatch.setattr(checkpoints.manager, "save", save_on_a_full_disk)
+    with pytest.raises(OSError) as error:
+        checkpoints.save(run.history * 2)
+    assert error.value.errno == errno.ENOSPC
+    assert error.value.filename == str(checkpoints.directory)
+    assert "No space left on device" in error.value.strerror
+    assert "\n" not in str(error.value)
+    assert sorted(checkpoints.directory.rglob("*")) == before
+    assert checkpoints.restore() == run.history  # the last complete epoch is intact
+
+
+def test_progress_lines_every_ten_seconds_without_a_terminal():
+    now = [0.0]
+    stream = io.StringIO()
+    progress = Progress(100, "epoch 1/5", terminal=False, stream=stream, clock=lambda: now[0])
+    for done in range(4, 101, 4):
+        now[0] = done * 0.5  # 2 s per group of 4 steps
+        progress.update(done, loss=1 / done)
+    progress.close()
+    lines = stream.getvalue().splitlines()
+    assert lines[0] == "epoch 1/5: step 20/100  loss 0.0500  40 s left"
+    assert [line.split()[3] for line in lines] == ["20/100", "40/100", "60/100", "80/100"]
