@@ -11,6 +11,11 @@ Run    dvc repro evaluate
 
 from __future__ import annotations
 
+import stages
+
+if __name__ == "__main__":  # the command line: before TensorFlow is imported below
+    stages.import_tensorflow_quietly()
+
 import argparse
 from pathlib import Path
 

@@ -14,6 +14,11 @@ Run    dvc repro export
 
 from __future__ import annotations
 
+import stages
+
+if __name__ == "__main__":  # the command line: before TensorFlow is imported below
+    stages.import_tensorflow_quietly()
+
 import argparse
 import time
 import warnings
@@ -30,7 +35,7 @@ from ai_edge_litert.interpreter import Interpreter
 
 from stages import records
 from stages.files import atomic_output, run_stage, write_json
-from stages.params import QUANTIZATIONS, load_params
+from stages.params import dispatch_table, load_params
 from stages.savedmodel import load_classifier, predict
 
 PARAMS = ("quantization", "eval_batch_size")
@@ -61,13 +66,12 @@ def quantize_int8(converter: tf.lite.TFLiteConverter, data: Path) -> None:
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
 
 
-CONVERSIONS = {
-    "float": quantize_float,
-    "dynamic_range": quantize_dynamic_range,
-    "int8": quantize_int8,
-}
-# One list of choices: params.py checks the names (without importing TensorFlow).
-assert tuple(CONVERSIONS) == QUANTIZATIONS, "params.QUANTIZATIONS and CONVERSIONS differ"
+CONVERSIONS = dispatch_table(
+    "quantization",
+    float=quantize_float,
+    dynamic_range=quantize_dynamic_range,
+    int8=quantize_int8,
+)
 
 
 def convert(model: Path, data: Path, quantization: str) -> bytes:

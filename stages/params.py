@@ -12,14 +12,32 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
+# The names each choice param accepts, listed once, here: pure Python, so that params.yaml
+# is checked without importing TensorFlow. The code that dispatches on a name builds its
+# table with dispatch_table, which refuses a table whose names differ from these.
 MODELS = ("tutorial", "convnet")
 STRATEGIES = ("none", "mirrored", "multi_worker")
 SCHEDULES = ("constant", "cosine")
 QUANTIZATIONS = ("float", "dynamic_range", "int8")
+CHOICES = {
+    "model": MODELS,
+    "learning_rate_schedule": SCHEDULES,
+    "distribute": STRATEGIES,
+    "quantization": QUANTIZATIONS,
+}
+
+T = TypeVar("T")
+
+
+def dispatch_table(key: str, **entries: T) -> dict[str, T]:
+    """`entries` by name, checked to be exactly the choices of param `key`, in order."""
+    if tuple(entries) != CHOICES[key]:
+        raise RuntimeError(f"{key}: params.py lists {CHOICES[key]}, the code {tuple(entries)}")
+    return entries
 
 
 @dataclass(frozen=True)
@@ -70,9 +88,8 @@ SPECS: dict[str, Spec] = {
     ),
     "jit_compile": Spec(bool, _always, "true or false"),
     "deterministic": Spec(bool, _always, "true or false"),
-    "steps_per_execution": _count(10_000),
-    # Each unrolled step is compiled into the same program: compile time grows with it.
-    "unrolled_steps": _count(64),
+    # The steps of one execution are compiled into one program: compile time grows with it.
+    "steps_per_execution": _count(64),
     "distribute": Spec(str, lambda value: value in STRATEGIES, f"one of {', '.join(STRATEGIES)}"),
     # train, evaluate and export
     "eval_batch_size": _count(MAX_BATCH),
@@ -176,3 +193,20 @@ def check_params(document: dict[str, Any], keys: tuple[str, ...], path: str | Pa
 def load_params(keys: tuple[str, ...], path: str | Path = "params.yaml") -> dict[str, Any]:
     """Read `path` and return the validated values of `keys`."""
     return check_params(read_document(path), keys, path)
+
+
+def check_train_params(params: dict[str, Any], train_examples: int, replicas: int) -> None:
+    """Checks across train's keys and the data: one group of full batches fits in an epoch,
+    and the global batch splits evenly between the replicas of `distribute`."""
+    batch_size, group = params["batch_size"], params["steps_per_execution"]
+    if batch_size * group > train_examples:
+        raise ValueError(
+            f"params.yaml: batch_size: got {batch_size}, expected at most the {train_examples} "
+            f"training examples divided by steps_per_execution ({group}): an epoch is made of "
+            f"whole groups of steps_per_execution full batches"
+        )
+    if batch_size % replicas:
+        raise ValueError(
+            f"params.yaml: batch_size: got {batch_size}, expected a multiple of the "
+            f"{replicas} replicas of distribute: {params['distribute']}"
+        )

@@ -11,6 +11,11 @@ Run    python -m stages.predict [--model models/mnist] IMAGE...
 
 from __future__ import annotations
 
+import stages
+
+if __name__ == "__main__":  # the command line: before TensorFlow is imported below
+    stages.import_tensorflow_quietly()
+
 import argparse
 import sys
 from pathlib import Path

@@ -21,6 +21,11 @@ while prepare runs.
 
 from __future__ import annotations
 
+import stages
+
+if __name__ == "__main__":  # the command line: before TensorFlow is imported below
+    stages.import_tensorflow_quietly()
+
 import argparse
 import errno
 import hashlib

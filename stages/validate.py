@@ -5,7 +5,7 @@ Reads  params.yaml (every key), the header of data/raw/mnist.npz (the number of 
        named on the command line (parsed, not imported).
 Writes data/params/<stage>.json for each of those stages: that stage's values, checked.
 Run    dvc repro validate
-       (python stages/validate.py params.yaml data/raw/mnist.npz data/params stages/*.py)
+       (python -m stages.validate params.yaml data/raw/mnist.npz data/params stages/*.py)
 
 Why a stage: DVC deletes a stage's outputs before it runs the stage's command, so a stage
 that refuses its params has already lost its model or metrics. Every other stage depends
@@ -15,8 +15,7 @@ every output intact. A stage whose own values did not change gets a byte-identic
 from the stage modules (which dvc.yaml also lists as this stage's deps), not from
 dvc.yaml, which DVC refuses as a dependency.
 
-It imports no TensorFlow and takes well under a second: it runs as a file, not with
-`python -m stages.validate`, because importing the `stages` package may import TensorFlow.
+It imports no TensorFlow (a test checks) and takes well under a second.
 """
 
 from __future__ import annotations
@@ -29,12 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-if __package__:
-    from stages.files import atomic_output, run_stage
-    from stages.params import SPECS, check_params, read_document
-else:  # python stages/validate.py: its siblings are top-level modules
-    from files import atomic_output, run_stage  # type: ignore[no-redef]
-    from params import SPECS, check_params, read_document  # type: ignore[no-redef]
+from stages.files import atomic_output, run_stage
+from stages.params import SPECS, check_params, check_train_params, read_document
 
 
 def stage_keys(module_path: Path) -> tuple[str, ...]:
@@ -73,11 +68,6 @@ def training_images(raw_path: Path) -> int | None:
 
 def check_together(params: dict, images: int | None, path: str) -> None:
     """Limits that involve two values, or the data: refused here, not after deleting."""
-    if params["unrolled_steps"] > params["steps_per_execution"]:
-        raise ValueError(
-            f"{path}: unrolled_steps: got {params['unrolled_steps']}, expected at most "
-            f"steps_per_execution ({params['steps_per_execution']})"
-        )
     if images is None:
         return
     if params["validation_size"] >= images:
@@ -88,11 +78,8 @@ def check_together(params: dict, images: int | None, path: str) -> None:
     train_examples = images - params["validation_size"]
     if params["max_train_examples"] is not None:
         train_examples = min(train_examples, params["max_train_examples"])
-    if params["batch_size"] > train_examples:
-        raise ValueError(
-            f"{path}: batch_size: got {params['batch_size']}, expected at most the "
-            f"{train_examples} training examples"
-        )
+    # The number of replicas is known only once train has its devices: it checks that.
+    check_train_params(params, train_examples, replicas=1)
 
 
 def validate(params_path: Path, raw_path: Path, out_dir: Path, modules: list[Path]) -> None:

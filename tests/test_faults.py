@@ -133,7 +133,7 @@ def test_a_file_that_is_not_utf8_is_named(tmp_path):
         ("examples_per_shard", 10**12),
         ("validation_size", 10**30),
         ("max_train_examples", 10**30),
-        ("unrolled_steps", 1000),
+        ("steps_per_execution", 1000),
         ("learning_rate", 10**400),
     ],
 )
