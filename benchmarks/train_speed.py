@@ -24,7 +24,7 @@ import keras
 import tensorflow as tf
 
 from benchmarks import measure
-from benchmarks.measure import BATCH_SIZE, STEPS_PER_EXECUTION, UNROLLED_STEPS
+from benchmarks.measure import BATCH_SIZE, STEPS_PER_EXECUTION
 from stages import records
 from stages.files import run_stage, write_json
 
@@ -185,10 +185,12 @@ def main() -> None:
         "(a) tutorial loop, per-step tf.function": measure.tutorial_loop(images, labels),
         "(b) model.fit": measure.fit_loop(images, labels, jit_compile=False),
         "(c) model.fit, jit_compile=True": measure.fit_loop(images, labels, jit_compile=True),
-        f"(d) Trainer, XLA, {UNROLLED_STEPS} steps/program, {STEPS_PER_EXECUTION}/call": (
+        f"(d) Trainer, XLA, {STEPS_PER_EXECUTION} steps/program and call": (
             measure.trainer_loop(images, labels)
         ),
-        "(d1) the same, 1 step/program": measure.trainer_loop(images, labels, unrolled_steps=1),
+        "(d1) the same, 1 step/program": measure.trainer_loop(
+            images, labels, steps_per_execution=1
+        ),
         "(d2) the same as (d), no XLA": measure.trainer_loop(images, labels, jit_compile=False),
     }
     matmul = measure.matmul_gflops(arguments.matmul_size)

@@ -13,6 +13,11 @@ Run    dvc repro evaluate
 
 from __future__ import annotations
 
+import stages
+
+if __name__ == "__main__":  # the command line: before TensorFlow is imported below
+    stages.import_tensorflow_quietly()
+
 import argparse
 from pathlib import Path
 
@@ -23,6 +28,7 @@ from PIL import Image, ImageDraw, ImageFont
 from stages import records
 from stages.files import atomic_output, run_stage, write_json
 from stages.params import load_params
+from stages.savedmodel import load_classifier, predict_logits
 
 PARAMS = ("eval_batch_size",)
 
@@ -34,38 +40,6 @@ DIGIT_SCALE = 4  # each MNIST pixel becomes a crisp 4x4 block: 28 -> 112 pixels
 TILE_WIDTH, TILE_HEIGHT = 160, 140  # wide enough for "true 7 / predicted 2 (0.99)"
 HEADER_HEIGHT = 28
 FONT_SIZE = 12
-
-
-def load_classifier(directory: Path):
-    """The SavedModel's serving_default signature, checked to take uint8 [batch, 28, 28]."""
-    if not (directory / "saved_model.pb").is_file():
-        raise FileNotFoundError(f"{directory}: no SavedModel here; run `dvc repro train`")
-    try:
-        signature = tf.saved_model.load(str(directory)).signatures["serving_default"]
-    except (KeyError, OSError, ValueError, tf.errors.OpError) as error:
-        raise ValueError(
-            f"{directory}: not a loadable SavedModel with a serving_default signature "
-            f"({type(error).__name__}); re-create it with `dvc repro -f train`"
-        ) from None
-    inputs = signature.structured_input_signature[1]
-    spec = inputs.get("images")
-    size = records.IMAGE_SIZE
-    if spec is None or spec.dtype != tf.uint8 or spec.shape.as_list()[1:] != [size, size]:
-        raise ValueError(
-            f"{directory}: serving_default takes {inputs}, expected images: uint8 "
-            f"[batch, {size}, {size}]; re-create it with `dvc repro -f train`"
-        )
-    if "logits" not in signature.structured_outputs:
-        raise ValueError(f"{directory}: serving_default returns no logits; re-run training")
-    return signature
-
-
-def predict_logits(classifier, images: np.ndarray, batch_size: int) -> np.ndarray:
-    """Logits [n, 10] for every image, in batches (the last one may be short)."""
-    dataset = tf.data.Dataset.from_tensor_slices(images).batch(batch_size)
-    return np.concatenate(
-        [classifier(images=batch)["logits"].numpy() for batch in dataset.prefetch(2)]
-    )
 
 
 def compute_metrics(labels: np.ndarray, logits: np.ndarray) -> dict:

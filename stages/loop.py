@@ -1,14 +1,18 @@
-"""The training loop's compiled parts: input pipelines, train and eval steps, strategies.
+"""The training loop: the reference tutorial's train_step, and what makes it fast.
 
-The step is the reference tutorial's (GradientTape, Keras loss, optimizer and metrics),
-made fast without hiding it:
-- XLA (`jit_compile`) compiles the step;
-- `train_steps` runs several steps per call, so Python is entered once per chunk;
-- within a call, `unrolled_steps` steps at a time are traced one after the other into a
-  single compiled program, where XLA plans their buffers together (1.13-1.18x as fast here
-  at 4 steps, the same results bit for bit; README.md, Speed);
-- every batch has the same shape: training drops the last partial batch, and evaluation
-  pads it and gives the padding zero weight, so nothing retraces or recompiles;
+Read from the top. `Trainer.train_step` is the tutorial's step (GradientTape, Keras loss,
+optimizer and metrics); `train_steps` runs `steps_per_execution` of them, one after the
+other, in one compiled program; `run_steps` feeds that program the next batches on every
+replica. Python (stages/train.py, run_epoch) calls `run_steps` once per group of steps, so
+a step is three calls from the epoch loop.
+
+What makes it fast, without hiding the step:
+- XLA (`jit_compile`) compiles each group of steps into one program, where it plans the
+  steps' buffers together (4 steps per program: ~1.2x as fast as 1 here; README, Speed);
+- Python is entered once per group, not once per step;
+- every batch has the same shape: training drops the last partial batch (and an epoch is a
+  whole number of groups), evaluation pads its last batch and gives the padding zero
+  weight, so nothing retraces or recompiles;
 - the data is decoded once into memory (uint8) and served by tf.data with prefetching,
   without the autotuning model (see in_memory_options).
 The same code runs under any tf.distribute strategy (per-example losses averaged over the
@@ -25,6 +29,91 @@ from collections.abc import Callable
 import keras
 import numpy as np
 import tensorflow as tf
+
+from stages.params import dispatch_table
+
+
+class Trainer:
+    """The model, its optimizer and metrics, and the compiled steps that update them."""
+
+    def __init__(
+        self,
+        model: keras.Model,
+        optimizer: keras.Optimizer,
+        strategy: tf.distribute.Strategy,
+        global_batch_size: int,
+        jit_compile: bool,
+        steps_per_execution: int = 1,
+    ) -> None:
+        self.model, self.optimizer, self.strategy = model, optimizer, strategy
+        self.global_batch_size = global_batch_size
+        self.steps_per_execution = steps_per_execution
+        self.loss_function = keras.losses.SparseCategoricalCrossentropy(
+            from_logits=True, reduction=None
+        )
+        self.train_loss = keras.metrics.Mean(name="train_loss")
+        self.train_accuracy = keras.metrics.SparseCategoricalAccuracy(name="train_accuracy")
+        self.eval_loss = keras.metrics.Mean(name="eval_loss")
+        self.eval_accuracy = keras.metrics.SparseCategoricalAccuracy(name="eval_accuracy")
+        # Create every variable now, not inside the first traced step: otherwise the step
+        # traces twice (and the first step fails under MirroredStrategy).
+        model(tf.zeros((1, *model.input_shape[1:]), model.input.dtype))
+        optimizer.build(model.trainable_variables)
+        self.compiled_train_steps = tf.function(self.train_steps, jit_compile=jit_compile)
+        self.compiled_eval_step = tf.function(self.eval_step, jit_compile=jit_compile)
+
+    def train_step(self, images: tf.Tensor, labels: tf.Tensor) -> None:
+        """The tutorial's step, on one replica's share of the global batch."""
+        with tf.GradientTape() as tape:
+            logits = self.model(images, training=True)
+            per_example_loss = self.loss_function(labels, logits)
+            # Summed over the replicas, these shares make the global batch's mean loss.
+            loss = tf.nn.compute_average_loss(
+                per_example_loss, global_batch_size=self.global_batch_size
+            )
+        gradients = tape.gradient(loss, self.model.trainable_variables)
+        self.optimizer.apply_gradients(zip(gradients, self.model.trainable_variables, strict=True))
+        self.train_loss.update_state(per_example_loss)
+        self.train_accuracy.update_state(labels, logits)
+
+    def train_steps(self, batches: list[tuple[tf.Tensor, tf.Tensor]]) -> None:
+        """One train_step per batch, in order; compiled as one program (compiled_train_steps)."""
+        for images, labels in batches:
+            self.train_step(images, labels)
+
+    @tf.function
+    def run_steps(self, iterator) -> None:
+        """The next `steps_per_execution` steps: one call from Python, one compiled program."""
+        batches = [next(iterator) for _ in range(self.steps_per_execution)]
+        self.strategy.run(self.compiled_train_steps, args=(batches,))
+
+    def eval_step(self, images: tf.Tensor, labels: tf.Tensor, weights: tf.Tensor) -> None:
+        logits = self.model(images, training=False)
+        self.eval_loss.update_state(self.loss_function(labels, logits), sample_weight=weights)
+        self.eval_accuracy.update_state(labels, logits, sample_weight=weights)
+
+    @tf.function
+    def _evaluate(self, iterator) -> None:
+        # An iterator, not the distributed dataset: looping over that one inside
+        # tf.function reads its options in graph mode, and TF 2.21 warns every time.
+        for batch in iterator:
+            self.strategy.run(self.compiled_eval_step, args=batch)
+
+    def evaluate(self, dataset: tf.data.Dataset) -> tuple[float, float]:
+        """Mean loss and accuracy over every (non-padding) example of `dataset`."""
+        self.eval_loss.reset_state()
+        self.eval_accuracy.reset_state()
+        self._evaluate(iter(self.strategy.experimental_distribute_dataset(dataset)))
+        return float(self.eval_loss.result()), float(self.eval_accuracy.result())
+
+    def reset_metrics(self) -> None:
+        self.train_loss.reset_state()
+        self.train_accuracy.reset_state()
+
+    @property
+    def is_chief(self) -> bool:
+        """Whether this process writes the outputs: all but non-chief workers do."""
+        return self.strategy.extended.should_checkpoint
 
 
 def in_memory_options() -> tf.data.Options:
@@ -99,20 +188,17 @@ def distribute_train_dataset(
     return strategy.distribute_datasets_from_function(dataset_fn)
 
 
-def make_strategy(name: str) -> tf.distribute.Strategy:
-    """The tf.distribute strategy for the `distribute` param."""
-    if name == "none":
-        return tf.distribute.get_strategy()
-    if name == "mirrored":
-        if tf.config.list_physical_devices("GPU"):
-            return tf.distribute.MirroredStrategy()
-        # No GPU: split the CPU into two logical devices, so the strategy runs (and is
-        # tested) here. This must happen before TensorFlow initialises its devices.
-        cpu = tf.config.list_physical_devices("CPU")[0]
-        tf.config.set_logical_device_configuration(
-            cpu, [tf.config.LogicalDeviceConfiguration()] * 2
-        )
-        return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+def _mirrored_strategy() -> tf.distribute.Strategy:
+    if tf.config.list_physical_devices("GPU"):
+        return tf.distribute.MirroredStrategy()
+    # No GPU: split the CPU into two logical devices, so the strategy runs (and is tested)
+    # here. This must happen before TensorFlow initialises its devices.
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+
+
+def _multi_worker_strategy() -> tf.distribute.Strategy:
     if "TF_CONFIG" not in os.environ:
         raise ValueError(
             "params.yaml: distribute: multi_worker needs the TF_CONFIG environment variable "
@@ -123,6 +209,20 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
     except json.JSONDecodeError as error:
         raise ValueError(f"TF_CONFIG: not valid JSON ({error}); see README") from None
     return tf.distribute.MultiWorkerMirroredStrategy()
+
+
+# The `distribute` param's choices (params.STRATEGIES) and what each one makes.
+STRATEGIES = dispatch_table(
+    "distribute",
+    none=tf.distribute.get_strategy,
+    mirrored=_mirrored_strategy,
+    multi_worker=_multi_worker_strategy,
+)
+
+
+def make_strategy(name: str) -> tf.distribute.Strategy:
+    """The tf.distribute strategy for the `distribute` param."""
+    return STRATEGIES[name]()
 
 
 def supports_xla(strategy: tf.distribute.Strategy) -> bool:
@@ -136,100 +236,3 @@ def supports_xla(strategy: tf.distribute.Strategy) -> bool:
     if strategy.num_replicas_in_sync == 1:
         return True
     return all("GPU" in device.upper() for device in strategy.extended.worker_devices)
-
-
-class Trainer:
-    """The model, its optimizer and metrics, and the compiled steps that update them."""
-
-    def __init__(
-        self,
-        model: keras.Model,
-        optimizer: keras.Optimizer,
-        strategy: tf.distribute.Strategy,
-        global_batch_size: int,
-        jit_compile: bool,
-        unrolled_steps: int = 1,
-    ) -> None:
-        self.model, self.optimizer, self.strategy = model, optimizer, strategy
-        self.global_batch_size = global_batch_size
-        self.unrolled_steps = unrolled_steps
-        self.loss_function = keras.losses.SparseCategoricalCrossentropy(
-            from_logits=True, reduction=None
-        )
-        self.train_loss = keras.metrics.Mean(name="train_loss")
-        self.train_accuracy = keras.metrics.SparseCategoricalAccuracy(name="train_accuracy")
-        self.eval_loss = keras.metrics.Mean(name="eval_loss")
-        self.eval_accuracy = keras.metrics.SparseCategoricalAccuracy(name="eval_accuracy")
-        # Create every variable now, not inside the first traced step: otherwise the step
-        # traces twice (and the first step fails under MirroredStrategy).
-        model(tf.zeros((1, *model.input_shape[1:]), model.input.dtype))
-        optimizer.build(model.trainable_variables)
-        # Traced once per length of `batches`: unrolled_steps, and 1 for the remainder.
-        self._train_chunk = tf.function(self.train_chunk, jit_compile=jit_compile)
-        self._eval_step = tf.function(self.eval_step, jit_compile=jit_compile)
-
-    @property
-    def is_chief(self) -> bool:
-        """Whether this process writes the outputs: all but non-chief workers do."""
-        return self.strategy.extended.should_checkpoint
-
-    def train_step(self, images: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
-        """One optimizer step on one replica's batch; returns the replica's loss share."""
-        with tf.GradientTape() as tape:
-            logits = self.model(images, training=True)
-            per_example_loss = self.loss_function(labels, logits)
-            loss = tf.nn.compute_average_loss(
-                per_example_loss, global_batch_size=self.global_batch_size
-            )
-        gradients = tape.gradient(loss, self.model.trainable_variables)
-        self.optimizer.apply_gradients(zip(gradients, self.model.trainable_variables, strict=True))
-        self.train_loss.update_state(per_example_loss)
-        self.train_accuracy.update_state(labels, logits)
-        return loss
-
-    def train_chunk(self, batches: list[tuple[tf.Tensor, tf.Tensor]]) -> tf.Tensor:
-        """One step per batch, in order, in one program; returns the replica's loss shares."""
-        return tf.stack([self.train_step(images, labels) for images, labels in batches])
-
-    def _run_chunk(self, iterator, num_steps: int) -> tf.Tensor:
-        batches = [next(iterator) for _ in range(num_steps)]
-        replica_losses = self.strategy.run(self._train_chunk, args=(batches,))
-        return self.strategy.reduce(tf.distribute.ReduceOp.SUM, replica_losses, axis=None)
-
-    @tf.function
-    def train_steps(self, iterator, num_steps: tf.Tensor) -> tf.Tensor:
-        """`num_steps` training steps in one call; returns each step's loss.
-
-        Chunks of `unrolled_steps` steps, then the remainder one step at a time.
-        """
-        unrolled = self.unrolled_steps
-        losses = tf.TensorArray(tf.float32, size=num_steps // unrolled, element_shape=[unrolled])
-        for chunk in tf.range(num_steps // unrolled):
-            losses = losses.write(chunk, self._run_chunk(iterator, unrolled))
-        remainder = tf.TensorArray(tf.float32, size=num_steps % unrolled, element_shape=[1])
-        for step in tf.range(num_steps % unrolled):
-            remainder = remainder.write(step, self._run_chunk(iterator, 1))
-        return tf.concat([losses.concat(), remainder.concat()], axis=0)
-
-    def eval_step(self, images: tf.Tensor, labels: tf.Tensor, weights: tf.Tensor) -> None:
-        logits = self.model(images, training=False)
-        self.eval_loss.update_state(self.loss_function(labels, logits), sample_weight=weights)
-        self.eval_accuracy.update_state(labels, logits, sample_weight=weights)
-
-    @tf.function
-    def _evaluate(self, iterator) -> None:
-        # An iterator, not the distributed dataset: looping over that one inside
-        # tf.function reads its options in graph mode, and TF 2.21 warns every time.
-        for batch in iterator:
-            self.strategy.run(self._eval_step, args=batch)
-
-    def evaluate(self, dataset: tf.data.Dataset) -> tuple[float, float]:
-        """Mean loss and accuracy over every (non-padding) example of `dataset`."""
-        self.eval_loss.reset_state()
-        self.eval_accuracy.reset_state()
-        self._evaluate(iter(self.strategy.experimental_distribute_dataset(dataset)))
-        return float(self.eval_loss.result()), float(self.eval_accuracy.result())
-
-    def reset_metrics(self) -> None:
-        self.train_loss.reset_state()
-        self.train_accuracy.reset_state()

@@ -3,34 +3,36 @@
 Reads  data/prepared (train and validation shards, meta.json); the params in PARAMS.
 Writes models/mnist: a SavedModel whose serving_default takes uint8 images [batch, 28, 28]
        and returns logits, probabilities and classes;
-       metrics/train.json: final train and validation loss and accuracy, and speed;
+       metrics/train.json: final train and validation loss and accuracy;
        metrics/train_history.tsv: one row per epoch, drawn by `dvc plots show`.
-Keeps  .checkpoints/<key>/: the last finished epoch, so a killed run resumes there; the key
-       hashes every param train reads and the prepared data, and the folder is removed once
-       the model is written. Under `multi_worker` only the chief writes the outputs; the
-       other workers keep their checkpoints in .checkpoints/<key>/worker-<i>/.
+Keeps  .checkpoints/<key>/: the last finished epoch, so a killed run resumes there
+       (stages/checkpoints.py); removed once the model is written. Under `multi_worker`
+       only the chief writes the outputs.
 Run    dvc repro train
 """
 
 from __future__ import annotations
 
+import stages
+
+if __name__ == "__main__":  # the command line: before TensorFlow is imported below
+    stages.import_tensorflow_quietly()
+
 import argparse
 import csv
 import functools
-import hashlib
-import json
-import shutil
-import sys
+import math
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import keras
 import numpy as np
 import tensorflow as tf
-from tqdm import tqdm
 
 from stages import records
+from stages.checkpoints import Checkpoints, open_checkpoints
 from stages.files import atomic_output, run_stage, write_json
 from stages.loop import (
     Trainer,
@@ -40,7 +42,9 @@ from stages.loop import (
     supports_xla,
 )
 from stages.model import build_model, export_saved_model
-from stages.params import load_params
+from stages.params import check_train_params, dispatch_table, load_params
+from stages.progress import Progress
+from stages.records import NUM_CLASSES
 
 PARAMS = (
     "seed",
@@ -52,7 +56,6 @@ PARAMS = (
     "jit_compile",
     "deterministic",
     "steps_per_execution",
-    "unrolled_steps",
     "distribute",
     "eval_batch_size",
 )
@@ -65,52 +68,23 @@ HISTORY_COLUMNS = (
     "learning_rate",
 )
 
+# Runaway training stops when the mean loss of the epoch so far is not finite or exceeds 10x
+# an untrained model's: uniform logits over 10 classes cost ln(10) = 2.30 per example. On
+# MNIST, healthy runs of both models at learning rates 0.001-0.01 peak at 3.4 (the first
+# group of steps of the tutorial model at 0.01) and fall from there; runaway ones
+# (learning_rate 1000) reach 1e3-1e12 within their first steps. README, What can go wrong.
+UNTRAINED_LOSS = math.log(NUM_CLASSES)
+RUNAWAY_LOSS = 10 * UNTRAINED_LOSS
 
-def checkpoint_key(params: dict, data_dir: Path) -> str:
-    """A name for this training run's checkpoints: its params and its data, hashed."""
-    digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode())
-    digest.update((data_dir / "meta.json").read_bytes())
-    return digest.hexdigest()[:16]
-
-
-class Checkpoints:
-    """The last finished epoch of one run: model, optimizer, epoch and the history so far."""
-
-    def __init__(self, directory: Path, trainer: Trainer) -> None:
-        self.directory = directory
-        self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
-        checkpoint = tf.train.Checkpoint(
-            model=trainer.model, optimizer=trainer.optimizer, epoch=self.epoch
-        )
-        self.manager = tf.train.CheckpointManager(checkpoint, directory, max_to_keep=1)
-        self.history_path = directory / "history.json"
-
-    def restore(self) -> list[dict]:
-        """Restore the last finished epoch, if any; return the history up to it."""
-        if self.manager.latest_checkpoint is None:
-            return []
-        self.manager.checkpoint.restore(self.manager.latest_checkpoint).assert_consumed()
-        history = json.loads(self.history_path.read_text())
-        return history[: int(self.epoch.numpy())]
-
-    def save(self, history: list[dict]) -> None:
-        # The history first: if we die between the two writes, restore() trims it.
-        write_json(self.history_path, history)
-        self.epoch.assign(len(history))
-        self.manager.save(checkpoint_number=len(history))
-
-    def remove(self) -> None:
-        shutil.rmtree(self.directory, ignore_errors=True)
-
-
-def make_optimizer(params: dict, steps_per_epoch: int) -> keras.Optimizer:
-    """Adam, with a constant learning rate or one that decays to 0 along a cosine."""
-    learning_rate = params["learning_rate"]
-    if params["learning_rate_schedule"] == "cosine":
-        learning_rate = keras.optimizers.schedules.CosineDecay(
-            learning_rate, decay_steps=params["epochs"] * steps_per_epoch
-        )
-    return keras.optimizers.Adam(learning_rate)
+# The `learning_rate_schedule` param's choices: Adam's learning rate, given the initial one
+# and the number of steps of the whole run.
+SCHEDULES = dispatch_table(
+    "learning_rate_schedule",
+    constant=lambda learning_rate, total_steps: learning_rate,
+    cosine=lambda learning_rate, total_steps: keras.optimizers.schedules.CosineDecay(
+        learning_rate, decay_steps=total_steps
+    ),
+)
 
 
 def load_training_shards(data_dir: Path, part: int, parts: int) -> tuple[np.ndarray, np.ndarray]:
@@ -122,50 +96,20 @@ def load_training_shards(data_dir: Path, part: int, parts: int) -> tuple[np.ndar
 
 
 def run_epoch(
-    trainer: Trainer,
-    dataset: tf.distribute.DistributedDataset,
-    steps: int,
-    chunk: int,
-    epoch: int,
-    progress: tqdm,
+    trainer: Trainer, dataset: tf.distribute.DistributedDataset, steps: int, progress: Progress
 ) -> None:
-    """One pass over the training data, `chunk` steps per compiled call."""
+    """One pass over the training data, `steps_per_execution` steps per call."""
     iterator = iter(dataset)
-    done = 0
-    while done < steps:
-        count = min(chunk, steps - done)
-        losses = trainer.train_steps(iterator, tf.constant(count)).numpy()
-        if not np.isfinite(losses).all():
-            bad_step = done + int(np.argmin(np.isfinite(losses))) + 1
+    for done in range(trainer.steps_per_execution, steps + 1, trainer.steps_per_execution):
+        trainer.run_steps(iterator)
+        loss = float(trainer.train_loss.result())  # the mean over this epoch's steps so far
+        if not loss <= RUNAWAY_LOSS:  # nan too
             raise ValueError(
-                f"training diverged: loss is {losses[~np.isfinite(losses)][0]} at epoch "
-                f"{epoch}, step {bad_step}; lower learning_rate in params.yaml"
+                f"params.yaml: learning_rate: training ran away in {progress.description}: "
+                f"mean loss {loss:.3g} over its first {done} steps, where an untrained model's "
+                f"is {UNTRAINED_LOSS:.2f}; lower learning_rate"
             )
-        done += count
-        progress.update(count)
-        progress.set_postfix(loss=f"{trainer.train_loss.result():.4f}", refresh=False)
-
-
-def steps_per_epoch(data_dir: Path, params: dict, replicas: int) -> int:
-    """Full batches per epoch, after checking batch_size and unrolled_steps against the rest."""
-    train_examples, _ = records.split_shards(data_dir, "train")
-    batch_size = params["batch_size"]
-    if batch_size > train_examples:
-        raise ValueError(
-            f"params.yaml: batch_size: got {batch_size}, expected at most the "
-            f"{train_examples} training examples"
-        )
-    if batch_size % replicas:
-        raise ValueError(
-            f"params.yaml: batch_size: got {batch_size}, expected a multiple of the "
-            f"{replicas} replicas of distribute: {params['distribute']}"
-        )
-    if params["unrolled_steps"] > params["steps_per_execution"]:
-        raise ValueError(
-            f"params.yaml: unrolled_steps: got {params['unrolled_steps']}, expected at most "
-            f"steps_per_execution ({params['steps_per_execution']})"
-        )
-    return train_examples // batch_size
+        progress.update(done, loss)
 
 
 def build_trainer(params: dict, strategy: tf.distribute.Strategy, steps: int) -> Trainer:
@@ -174,27 +118,16 @@ def build_trainer(params: dict, strategy: tf.distribute.Strategy, steps: int) ->
     if jit_compile != params["jit_compile"]:
         replicas = strategy.num_replicas_in_sync
         print(f"train: jit_compile off: XLA cannot run {replicas} replicas on CPU (see loop.py)")
+    schedule = SCHEDULES[params["learning_rate_schedule"]]
     with strategy.scope():
         return Trainer(
             build_model(params["model"]),
-            make_optimizer(params, steps),
+            keras.optimizers.Adam(schedule(params["learning_rate"], params["epochs"] * steps)),
             strategy,
             params["batch_size"],
             jit_compile,
-            params["unrolled_steps"],
+            params["steps_per_execution"],
         )
-
-
-def open_checkpoints(
-    checkpoint_root: Path, params: dict, data_dir: Path, trainer: Trainer
-) -> Checkpoints:
-    """This run's checkpoints: keyed by its params and data, one folder per worker."""
-    directory = checkpoint_root / checkpoint_key(params, data_dir)
-    if not trainer.is_chief:
-        # Saving is collective under MultiWorkerMirroredStrategy: every worker saves, the
-        # others into a folder of their own that only their own resume reads.
-        directory = directory / f"worker-{trainer.strategy.cluster_resolver.task_id}"
-    return Checkpoints(directory, trainer)
 
 
 def epoch_summary(trainer: Trainer, epoch: int, validation: tf.data.Dataset) -> dict:
@@ -212,28 +145,39 @@ def epoch_summary(trainer: Trainer, epoch: int, validation: tf.data.Dataset) -> 
     }
 
 
-def final_metrics(history: list[dict], trained_examples: int, train_seconds: float) -> dict:
-    final = history[-1]
-    return {
-        "train": {"loss": final["train_loss"], "accuracy": final["train_accuracy"]},
-        "validation": {"loss": final["validation_loss"], "accuracy": final["validation_accuracy"]},
-        # Wall-clock numbers: they vary from run to run, unlike everything above.
-        "timing": {
-            "train_seconds": round(train_seconds, 2),
-            "examples_per_second": round(trained_examples / train_seconds) if train_seconds else 0,
-        },
-    }
+@dataclass
+class TrainingRun:
+    """What train() leaves: the trained model's trainer, the history, the checkpoints."""
+
+    trainer: Trainer
+    history: list[dict]
+    checkpoints: Checkpoints
+
+    @property
+    def metrics(self) -> dict:
+        """The last epoch's train and validation metrics."""
+        final = self.history[-1]
+        return {
+            "train": {"loss": final["train_loss"], "accuracy": final["train_accuracy"]},
+            "validation": {
+                "loss": final["validation_loss"],
+                "accuracy": final["validation_accuracy"],
+            },
+        }
 
 
-def train(
-    data_dir: Path, params: dict, checkpoint_root: Path
-) -> tuple[Trainer, dict, list[dict], Checkpoints]:
-    """Train on the prepared data; return the trainer, metrics, history and checkpoints."""
+def train(data_dir: Path, params: dict, checkpoint_root: Path) -> TrainingRun:
+    """Train on the prepared data, resuming from this run's checkpoint if there is one."""
     keras.utils.set_random_seed(params["seed"])
     if params["deterministic"]:
         tf.config.experimental.enable_op_determinism()
     strategy = make_strategy(params["distribute"])
-    steps = steps_per_epoch(data_dir, params, strategy.num_replicas_in_sync)
+    train_examples, _ = records.split_shards(data_dir, "train")
+    check_train_params(params, train_examples, strategy.num_replicas_in_sync)
+    # Whole groups of steps: at most steps_per_execution - 1 full batches are left out of
+    # each epoch (a different few each epoch, as the order is shuffled).
+    steps = train_examples // params["batch_size"] // params["steps_per_execution"]
+    steps *= params["steps_per_execution"]
     # Each worker's share of the training shards, decoded once for every epoch.
     load_shards = functools.cache(functools.partial(load_training_shards, data_dir))
     validation = make_eval_dataset(
@@ -244,35 +188,33 @@ def train(
     history = checkpoints.restore()
     if history:
         print(f"train: resuming after epoch {len(history)} from {checkpoints.directory}")
-    epochs, examples, first_epoch = params["epochs"], steps * params["batch_size"], len(history) + 1
-    train_seconds = 0.0
-    for epoch in range(first_epoch, epochs + 1):
+    epochs = params["epochs"]
+    for epoch in range(len(history) + 1, epochs + 1):
         trainer.reset_metrics()
         dataset = distribute_train_dataset(
             strategy, load_shards, params["batch_size"], params["seed"] + epoch
         )
         start = time.perf_counter()
-        with tqdm(
-            total=steps,
-            desc=f"epoch {epoch}/{epochs}",
-            leave=False,
-            disable=not sys.stderr.isatty(),
-        ) as progress:
-            run_epoch(trainer, dataset, steps, params["steps_per_execution"], epoch, progress)
+        progress = Progress(steps, f"epoch {epoch}/{epochs}")
+        try:
+            run_epoch(trainer, dataset, steps, progress)
+        except ValueError:
+            checkpoints.remove()  # it would run away again: nothing to resume
+            raise
+        finally:
+            progress.close()
         seconds = time.perf_counter() - start
-        train_seconds += seconds
         history.append(epoch_summary(trainer, epoch, validation))
         row = history[-1]
         print(
             f"epoch {epoch}/{epochs}  train loss {row['train_loss']:.4f} "
             f"accuracy {row['train_accuracy']:.4f}  validation loss {row['validation_loss']:.4f}"
             f" accuracy {row['validation_accuracy']:.4f}  {seconds:.1f} s  "
-            f"{examples / seconds:.0f} examples/s",
+            f"{steps * params['batch_size'] / seconds:.0f} examples/s",
             flush=True,
         )
         checkpoints.save(history)
-    trained_examples = (epochs + 1 - first_epoch) * examples  # in this process
-    return trainer, final_metrics(history, trained_examples, train_seconds), history, checkpoints
+    return TrainingRun(trainer, history, checkpoints)
 
 
 def write_history(path: Path, history: list[dict]) -> None:
@@ -297,17 +239,17 @@ def main() -> None:
     parser.add_argument("--params", default="params.yaml", help="(default: %(default)s)")
     arguments = parser.parse_args()
     params = load_params(PARAMS, arguments.params)
-    trainer, metrics, history, checkpoints = train(arguments.data, params, arguments.checkpoints)
-    if trainer.is_chief:
+    run = train(arguments.data, params, arguments.checkpoints)
+    if run.trainer.is_chief:
         with atomic_output(arguments.model) as temporary:
-            export_saved_model(trainer.model, temporary)
-        write_json(arguments.metrics, metrics)
-        write_history(arguments.history, history)
+            export_saved_model(run.trainer.model, temporary)
+        write_json(arguments.metrics, run.metrics)
+        write_history(arguments.history, run.history)
     else:
         # Every worker takes part in the (collective) export; only the chief's is kept.
         with tempfile.TemporaryDirectory() as scratch:
-            export_saved_model(trainer.model, Path(scratch) / "model")
-    checkpoints.remove()
+            export_saved_model(run.trainer.model, Path(scratch) / "model")
+    run.checkpoints.remove()
 
 
 if __name__ == "__main__":

@@ -130,6 +130,29 @@ def test_repro_right_after_is_a_no_op(project):
     assert "up to date" in output
 
 
+def test_a_refused_value_keeps_every_output(project):
+    root, env, _ = project
+    tracked = [
+        "models/mnist/saved_model.pb",
+        *(f"metrics/{p.name}" for p in (root / "metrics").iterdir()),
+    ]
+    before = {name: (root / name).read_bytes() for name in tracked}
+    result = subprocess.run(
+        ["dvc", "exp", "run", "-S", "epochs=0"], cwd=root, env=env, capture_output=True, text=True
+    )
+    assert result.returncode != 0
+    assert "error: params.yaml: epochs: got 0, expected an integer from 1 to 10,000" in (
+        result.stdout + result.stderr
+    )
+    assert "Running stage 'train'" not in result.stdout  # validate stopped DVC first
+    assert {name: (root / name).read_bytes() for name in tracked} == before
+    # Recovery, as README says: the committed params back, and nothing re-runs.
+    run(["git", "checkout", "params.yaml"], root, env)
+    output = run(["dvc", "repro"], root, env)
+    assert not re.search(r"Running stage '(prepare|train|evaluate)'", output), output
+    assert run(["git", "status", "--porcelain"], root, env) == ""
+
+
 def test_metrics_and_plots_commands(project):
     root, env, _ = project
     metrics = run(["dvc", "metrics", "show", "--json"], root, env)

@@ -14,15 +14,14 @@ from stages.evaluate import (
     TILE_WIDTH,
     compute_metrics,
     draw_mistakes,
-    load_classifier,
     most_confident_mistakes,
     per_class_accuracy,
-    predict_logits,
     softmax,
     write_confusion,
     write_mistakes,
 )
 from stages.model import build_model, export_saved_model
+from stages.savedmodel import load_classifier, predict_logits
 
 
 def test_metrics_agree_with_keras_metrics():

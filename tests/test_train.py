@@ -1,82 +1,137 @@
-"""The model, the compiled loop and the train stage, on tiny synthetic data."""
+"""The model, the compiled loop and the train stage, on tiny synthetic data.
+
+Only the tests about XLA compile with it (jit_compile: true); the rest run the same steps
+as plain TensorFlow graphs, which start in a fraction of the time.
+"""
+
+import errno
+import io
+import subprocess
+import sys
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from stages import params as params_module
 from stages import train as train_stage
+from stages.checkpoints import checkpoint_key
 from stages.evaluate import load_classifier
-from stages.loop import Trainer, make_eval_dataset, make_train_dataset
-from stages.model import build_model, export_saved_model
-from stages.params import MODELS
-from tests.conftest import DEFAULT_PARAMS, synthetic_arrays
+from stages.loop import STRATEGIES, Trainer, make_eval_dataset, make_train_dataset
+from stages.model import MODELS, RandomShift, build_model, export_saved_model
+from stages.params import check_train_params, dispatch_table
+from stages.progress import Progress
+from tests.conftest import DEFAULT_PARAMS, REPO, synthetic_arrays, write_params
 
+# 200 training examples in batches of 16: 12 full batches, 6 groups of 2 steps per epoch.
 TINY = {
     **DEFAULT_PARAMS,
     "epochs": 2,
     "batch_size": 16,
-    "steps_per_execution": 4,
+    "steps_per_execution": 2,
+    "jit_compile": False,
     "eval_batch_size": 32,
     "seed": 3,
 }
 
 
-def make_trainer(jit_compile=False, batch_size=16, model="tutorial", unrolled_steps=1):
+def make_trainer(jit_compile=False, model="tutorial", steps_per_execution=1):
     keras.utils.set_random_seed(0)
     return Trainer(
         build_model(model),
         keras.optimizers.Adam(1e-3),
         tf.distribute.get_strategy(),
-        batch_size,
+        16,
         jit_compile,
-        unrolled_steps,
+        steps_per_execution,
     )
 
 
-@pytest.mark.parametrize("name", MODELS)
+def group_losses(trainer, iterator, calls):
+    """The mean training loss of each of `calls` calls of run_steps."""
+    losses = []
+    for _ in range(calls):
+        trainer.reset_metrics()
+        trainer.run_steps(iterator)
+        losses.append(float(trainer.train_loss.result()))
+    return losses
+
+
+@pytest.mark.parametrize("name", params_module.MODELS)
 def test_models_map_uint8_images_to_ten_logits(name):
     model = build_model(name)
     logits = model(np.zeros((3, 28, 28), np.uint8), training=False)
     assert logits.shape == (3, 10) and logits.dtype == tf.float32
 
 
-@pytest.mark.parametrize("jit_compile", [False, True])
-def test_loss_falls_on_a_repeated_batch(jit_compile):
+def test_choices_are_listed_once_and_dispatched_on_the_same_names():
+    assert tuple(MODELS) == params_module.MODELS
+    assert tuple(STRATEGIES) == params_module.STRATEGIES
+    assert tuple(train_stage.SCHEDULES) == params_module.SCHEDULES
+    with pytest.raises(RuntimeError, match="model: params.py lists"):
+        dispatch_table("model", tutorial=None)
+
+
+@pytest.mark.parametrize("model", ["tutorial", "convnet"])
+def test_loss_falls_on_a_repeated_batch(model):
     arrays = synthetic_arrays(train=16)
-    trainer = make_trainer(jit_compile)
+    trainer = make_trainer(model=model, steps_per_execution=5)
     dataset = tf.data.Dataset.from_tensors((arrays["x_train"], arrays["y_train"])).repeat()
-    losses = trainer.train_steps(iter(dataset), tf.constant(30)).numpy()
-    assert losses.shape == (30,)
+    losses = group_losses(trainer, iter(dataset), calls=6)
     assert losses[-1] < 0.5 * losses[0]
-    assert trainer._train_chunk.experimental_get_tracing_count() == 1
+    assert trainer.compiled_train_steps.experimental_get_tracing_count() == 1
+    assert int(trainer.optimizer.iterations) == 30
 
 
 @pytest.mark.parametrize("jit_compile", [False, True])
-def test_unrolled_steps_give_the_same_training_with_any_remainder(jit_compile):
+def test_a_group_of_steps_trains_exactly_as_single_steps(jit_compile):
     arrays = synthetic_arrays(train=160)
 
-    def train(unrolled_steps, calls):
-        trainer = make_trainer(jit_compile, unrolled_steps=unrolled_steps)
+    def train(steps_per_execution):
+        trainer = make_trainer(jit_compile, steps_per_execution=steps_per_execution)
         dataset = make_train_dataset(arrays["x_train"], arrays["y_train"], 16, seed=1)
         iterator = iter(dataset.repeat())
-        losses = np.concatenate(
-            [trainer.train_steps(iterator, tf.constant(steps)).numpy() for steps in calls]
-        )
-        # The next batch is the 24th of the stream: every step took exactly one batch.
+        for _ in range(12 // steps_per_execution):
+            trainer.run_steps(iterator)
+        # The next batch is the 13th of the stream: every step took exactly one batch.
         next_labels = next(iterator)[1].numpy()
-        return losses, trainer.model.get_weights(), next_labels, trainer
+        return float(trainer.train_loss.result()), trainer.model.get_weights(), next_labels
 
-    # 23 steps: 10 = 2 x 4 + 2 remaining, 3 = 3 remaining only, 10 again.
-    losses, weights, next_labels, trainer = train(4, [10, 3, 10])
-    expected_losses, expected_weights, expected_next, _ = train(1, [23])
-    assert losses.shape == (23,)
-    np.testing.assert_array_equal(losses, expected_losses)
+    loss, weights, next_labels = train(4)
+    expected_loss, expected_weights, expected_next = train(1)
+    assert loss == expected_loss
     for weight, expected in zip(weights, expected_weights, strict=True):
         np.testing.assert_array_equal(weight, expected)
     np.testing.assert_array_equal(next_labels, expected_next)
-    # Two programs: 4 steps, and 1 for the remainders; no retracing per call.
-    assert trainer._train_chunk.experimental_get_tracing_count() == 2
+
+
+def test_random_shift_moves_each_image_by_at_most_its_pixels():
+    keras.utils.set_random_seed(5)
+    images = np.zeros((64, 28, 28, 1), np.float32)
+    images[:, 10:18, 10:18] = np.arange(64, dtype=np.float32).reshape(64, 1, 1, 1) + 1
+    layer = RandomShift(2)
+    assert np.array_equal(layer(images, training=False), images)
+    shifted = layer(images, training=True).numpy()
+    offsets = set()
+    for image, original in zip(shifted, images, strict=True):
+        rows, columns = np.nonzero(image[..., 0])
+        offset = (rows.min() - 10, columns.min() - 10)
+        assert max(map(abs, offset)) <= 2
+        expected = np.roll(original, offset, axis=(0, 1))  # nothing wraps: a border of 10
+        np.testing.assert_array_equal(image, expected)
+        offsets.add(offset)
+    assert len(offsets) > 10  # of the 25 possible: the offsets vary from image to image
+    keras.utils.set_random_seed(5)
+    np.testing.assert_array_equal(RandomShift(2)(images, training=True), shifted)  # seeded
+
+
+def test_cosine_schedule_decays_to_zero_over_the_whole_run():
+    schedule = train_stage.SCHEDULES["cosine"](0.01, 100)
+    assert float(schedule(0)) == pytest.approx(0.01)
+    assert float(schedule(50)) == pytest.approx(0.005)
+    assert float(schedule(100)) == pytest.approx(0.0, abs=1e-9)
+    assert train_stage.SCHEDULES["constant"](0.01, 100) == 0.01
 
 
 def test_evaluation_counts_every_example_once_despite_padding():
@@ -129,40 +184,69 @@ def test_saved_model_round_trip_through_its_signature(tmp_path):
 
 
 def test_train_learns_and_is_deterministic(prepared, tmp_path):
-    _, metrics, history, _ = train_stage.train(prepared, TINY, tmp_path / "checkpoints")
-    assert [row["epoch"] for row in history] == [1, 2]
-    assert history[-1]["train_loss"] < history[0]["train_loss"]
-    assert metrics["validation"]["accuracy"] > 0.5  # 10 classes: chance is 0.1
-    _, again, history_again, _ = train_stage.train(prepared, TINY, tmp_path / "other")
-    assert history_again == history
-    assert {**again, "timing": None} == {**metrics, "timing": None}
+    run = train_stage.train(prepared, TINY, tmp_path / "checkpoints")
+    assert [row["epoch"] for row in run.history] == [1, 2]
+    assert run.history[-1]["train_loss"] < run.history[0]["train_loss"]
+    assert run.metrics["validation"]["accuracy"] > 0.5  # 10 classes: chance is 0.1
+    # Whole groups of 2 steps: 12 full batches per epoch, all of them used.
+    assert int(run.trainer.optimizer.iterations) == 2 * 12
+    again = train_stage.train(prepared, TINY, tmp_path / "other")
+    assert again.history == run.history and again.metrics == run.metrics
+
+
+def test_an_epoch_is_whole_groups_and_the_cosine_schedule_ends_at_zero(prepared, tmp_path):
+    # 12 full batches in groups of 5: 10 steps per epoch, 2 batches left out.
+    params = {**TINY, "steps_per_execution": 5, "learning_rate_schedule": "cosine"}
+    run = train_stage.train(prepared, params, tmp_path / "checkpoints")
+    assert int(run.trainer.optimizer.iterations) == 2 * 10
+    learning_rates = [row["learning_rate"] for row in run.history]
+    assert learning_rates[0] == pytest.approx(0.0005)  # half-way along the cosine
+    assert learning_rates[1] == pytest.approx(0.0, abs=1e-9)
 
 
 def test_a_crashed_run_resumes_at_its_last_epoch(prepared, tmp_path, monkeypatch, capsys):
     params = {**TINY, "epochs": 3}
-    _, uninterrupted, history, _ = train_stage.train(prepared, params, tmp_path / "a")
+    uninterrupted = train_stage.train(prepared, params, tmp_path / "a")
     real_run_epoch = train_stage.run_epoch
 
-    def crash_in_epoch_3(trainer, dataset, steps, chunk, epoch, progress):
-        if epoch == 3:
+    def crash_in_epoch_3(trainer, dataset, steps, progress):
+        if len(list((tmp_path / "b").rglob("ckpt-2.index"))):
             raise KeyboardInterrupt  # stands for the process being killed
-        real_run_epoch(trainer, dataset, steps, chunk, epoch, progress)
+        real_run_epoch(trainer, dataset, steps, progress)
 
     monkeypatch.setattr(train_stage, "run_epoch", crash_in_epoch_3)
     with pytest.raises(KeyboardInterrupt):
         train_stage.train(prepared, params, tmp_path / "b")
     monkeypatch.setattr(train_stage, "run_epoch", real_run_epoch)
-    _, resumed, resumed_history, checkpoints = train_stage.train(prepared, params, tmp_path / "b")
+    resumed = train_stage.train(prepared, params, tmp_path / "b")
     assert "resuming after epoch 2" in capsys.readouterr().out
-    assert resumed_history == history
-    assert {**resumed, "timing": None} == {**uninterrupted, "timing": None}
-    checkpoints.remove()
-    assert not checkpoints.directory.exists()
+    assert resumed.history == uninterrupted.history
+    assert resumed.metrics == uninterrupted.metrics
+    resumed.checkpoints.remove()
+    assert not resumed.checkpoints.directory.exists()
 
 
-def test_divergence_names_the_epoch_and_step(prepared, tmp_path):
-    with pytest.raises(ValueError, match=r"training diverged: loss is (nan|inf) at epoch 1, step"):
+def test_the_checkpoint_key_changes_with_every_param_and_the_data(prepared):
+    key = checkpoint_key(TINY, prepared)
+    assert checkpoint_key(dict(TINY), prepared) == key
+    for name, value in [("learning_rate", 0.002), ("epochs", 3), ("model", "convnet")]:
+        assert checkpoint_key({**TINY, name: value}, prepared) != key
+    (prepared / "meta.json").write_text((prepared / "meta.json").read_text() + " ")
+    assert checkpoint_key(TINY, prepared) != key
+
+
+def test_a_non_finite_loss_stops_training(prepared, tmp_path):
+    with pytest.raises(ValueError, match=r"learning_rate: training ran away .* mean loss nan"):
         train_stage.train(prepared, {**TINY, "learning_rate": 1e30}, tmp_path / "c")
+
+
+def test_cross_key_checks_name_the_keys():
+    params = {"batch_size": 16, "steps_per_execution": 4, "distribute": "mirrored"}
+    check_train_params(params, train_examples=64, replicas=2)
+    with pytest.raises(ValueError, match="batch_size: got 16, expected at most the 60 training"):
+        check_train_params(params, train_examples=60, replicas=2)
+    with pytest.raises(ValueError, match="batch_size: got 16, expected a multiple of the 3"):
+        check_train_params(params, train_examples=64, replicas=3)
 
 
 def test_batch_larger_than_the_data(prepared, tmp_path):
@@ -170,9 +254,23 @@ def test_batch_larger_than_the_data(prepared, tmp_path):
         train_stage.train(prepared, {**TINY, "batch_size": 500}, tmp_path / "c")
 
 
-def test_more_unrolled_steps_than_steps_per_call(prepared, tmp_path):
-    with pytest.raises(ValueError, match=r"unrolled_steps: got 5, expected at most steps_per_exe"):
-        train_stage.train(prepared, {**TINY, "unrolled_steps": 5}, tmp_path / "c")
+def test_the_params_loader_does_not_import_tensorflow():
+    code = "import sys, stages.params; print('tensorflow' in sys.modules)"
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "False"
+
+
+def test_a_stage_command_prints_no_tensorflow_start_up_notices():
+    result = subprocess.run(
+        [sys.executable, "-m", "stages.train", "--help"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert result.stderr == "" and result.stdout.startswith("usage:")
 
 
 def test_history_file_is_a_tsv_with_one_row_per_epoch(tmp_path):
@@ -189,3 +287,66 @@ def test_history_file_is_a_tsv_with_one_row_per_epoch(tmp_path):
     train_stage.write_history(tmp_path / "history.tsv", history)
     lines = (tmp_path / "history.tsv").read_text().splitlines()
     assert lines == ["\t".join(train_stage.HISTORY_COLUMNS), "1\t0.5\t0.8\t0.6\t0.75\t0.001"]
+
+
+def test_runaway_training_stops_naming_learning_rate_and_writes_nothing(
+    prepared, tmp_path, monkeypatch
+):
+    params = tmp_path / "params.yaml"
+    write_params(params, **{**TINY, "learning_rate": 1000.0})
+    out = tmp_path / "out"
+    arguments = [str(prepared), str(out / "model"), str(out / "train.json"), str(out / "h.tsv")]
+    checkpoints = tmp_path / "checkpoints"
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        ["train", *arguments, "--params", str(params), "--checkpoints", str(checkpoints)],
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"^params.yaml: learning_rate: training ran away in "
+        r"epoch 1/2: mean loss (\S+) over its first \d+ steps",
+    ) as error:
+        train_stage.main()
+    loss = float(error.value.args[0].split("mean loss ")[1].split()[0])
+    assert not loss <= train_stage.RUNAWAY_LOSS
+    assert not out.exists()  # no model, no metrics
+    assert not any(checkpoints.rglob("*"))  # nothing to resume: it would run away again
+
+
+def test_a_full_disk_while_saving_a_checkpoint_is_one_line_and_leaves_no_files(
+    prepared, tmp_path, monkeypatch
+):
+    run = train_stage.train(prepared, {**TINY, "epochs": 1}, tmp_path / "checkpoints")
+    checkpoints = run.checkpoints
+    checkpoints.save(run.history)  # a first, complete checkpoint
+    before = sorted(checkpoints.directory.rglob("*"))
+
+    def save_on_a_full_disk(checkpoint_number):
+        # What TensorFlow does: temporary files first, then the error.
+        (checkpoints.directory / "ckpt-2_temp").mkdir()
+        (checkpoints.directory / "ckpt-2_temp" / "part-00000-of-00001.data").write_bytes(b"x")
+        raise tf.errors.ResourceExhaustedError(None, None, "ckpt-2_temp; No space left on device")
+
+    monkeypatch.setattr(checkpoints.manager, "save", save_on_a_full_disk)
+    with pytest.raises(OSError) as error:
+        checkpoints.save(run.history * 2)
+    assert error.value.errno == errno.ENOSPC
+    assert error.value.filename == str(checkpoints.directory)
+    assert "No space left on device" in error.value.strerror
+    assert "\n" not in str(error.value)
+    assert sorted(checkpoints.directory.rglob("*")) == before
+    assert checkpoints.restore() == run.history  # the last complete epoch is intact
+
+
+def test_progress_lines_every_ten_seconds_without_a_terminal():
+    now = [0.0]
+    stream = io.StringIO()
+    progress = Progress(100, "epoch 1/5", terminal=False, stream=stream, clock=lambda: now[0])
+    for done in range(4, 101, 4):
+        now[0] = done * 0.5  # 2 s per group of 4 steps
+        progress.update(done, loss=1 / done)
+    progress.close()
+    lines = stream.getvalue().splitlines()
+    assert lines[0] == "epoch 1/5: step 20/100  loss 0.0500  40 s left"
+    assert [line.split()[3] for line in lines] == ["20/100", "40/100", "60/100", "80/100"]
