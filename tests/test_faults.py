@@ -272,7 +272,8 @@ def test_evaluate_writes_no_metric_from_a_tampered_shard(prepared_copy, tmp_path
     export_saved_model(tutorial_model(), tmp_path / "model")  # untrained: enough to run
     _rewrite_with_shifted_labels(prepared_copy / "test-00000-of-00001.tfrecord.gz")
     metrics = tmp_path / "metrics"
-    outputs = [metrics / name for name in ("eval.json", "confusion.csv", "mistakes.png")]
+    names = ("eval.json", "per_class.json", "confusion.csv", "mistakes.png")  # its argv order
+    outputs = [metrics / name for name in names]
     arguments = [str(tmp_path / "model"), str(prepared_copy), *map(str, outputs)]
     monkeypatch.setattr(
         sys, "argv", ["evaluate", *arguments, "--params", str(REPO / "params.yaml")]
