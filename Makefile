@@ -30,8 +30,8 @@ lint: $(DEV_STAMP)
 # run"): the params that differ between rows, validation and test accuracy. Left out:
 # dates, dependency hashes (stages/, data/, models/), losses, training metrics, export.json's. Test accuracy is `metrics/eval.json:accuracy` once export.json (which has an
 # `accuracy` too) exists: DVC prefixes names that two metrics files share.
-EXPS_DROP := Created|stages/|data/|models/|train\.|validation\.loss|loss|metrics/export\.json:|quantization|savedmodel_accuracy|agreement_with_savedmodel|examples|size_bytes
-EXPS_KEEP := ^(accuracy|metrics/eval\.json:accuracy|validation\.accuracy)$$
+EXPS_DROP := Created|stages/|data/|models/|train\.|.*loss|tflite_bytes
+EXPS_KEEP := ^(accuracy|tflite_accuracy|validation\.accuracy)$$
 exps: $(STAMP)
 	dvc exp show --only-changed --drop '$(EXPS_DROP)' --keep '$(EXPS_KEEP)'
 
