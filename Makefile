@@ -14,6 +14,7 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	ruff check .
+	ruff format --check .
 
 bench: $(STAMP)
 	python -m benchmarks.train_speed

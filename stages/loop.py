@@ -220,6 +220,17 @@ STRATEGIES = dispatch_table(
 )
 
 
+# The `learning_rate_schedule` param's choices: Adam's learning rate, given the initial one
+# and the number of steps of the whole run.
+SCHEDULES = dispatch_table(
+    "learning_rate_schedule",
+    constant=lambda learning_rate, total_steps: learning_rate,
+    cosine=lambda learning_rate, total_steps: keras.optimizers.schedules.CosineDecay(
+        learning_rate, decay_steps=total_steps
+    ),
+)
+
+
 def make_strategy(name: str) -> tf.distribute.Strategy:
     """The tf.distribute strategy for the `distribute` param."""
     return STRATEGIES[name]()

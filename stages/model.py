@@ -12,6 +12,7 @@ import keras
 import tensorflow as tf
 from keras import layers
 
+from stages.params import dispatch_table
 from stages.records import IMAGE_SIZE, NUM_CLASSES
 
 
@@ -81,7 +82,8 @@ def convnet_model() -> keras.Model:
     return keras.Model(images, layers.Dense(NUM_CLASSES)(x), name="convnet")
 
 
-MODELS = {"tutorial": tutorial_model, "convnet": convnet_model}
+# The `model` param's choices (params.MODELS) and what builds each one.
+MODELS = dispatch_table("model", tutorial=tutorial_model, convnet=convnet_model)
 
 
 def build_model(name: str) -> keras.Model:
