@@ -93,4 +93,7 @@ def log_epoch(live: Live | None, row: dict) -> None:
     live.step = row["epoch"]
     for column, name in LIVE_NAMES.items():
         live.log_metric(name, row[column])
+    # A plot only: in metrics.json it would share its `dvc exp show` column with the param
+    # of the same name. (Live.summary is what metrics.json holds, and may be edited.)
+    del live.summary["learning_rate"]
     live.sync()
