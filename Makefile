@@ -1,35 +1,75 @@
-# The two commands of README: `make repro` and `make test`. Both create .venv with the
-# pinned dependencies first, when it is missing or requirements.txt changed.
+# The two commands of README: `make repro` and `make test`. Each creates .venv first, when it
+# is missing or its requirements changed: `make repro` installs requirements.txt (what the
+# pipeline needs), `make test` requirements-dev.txt (that, plus the test and lint tools).
 VENV := .venv
+PYTHON ?= python3
 STAMP := $(VENV)/.installed
+DEV_STAMP := $(VENV)/.installed-dev
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: repro test lint bench clean-venv lock
+# Where the lock must install (uv's names); Windows resolves too, but is not tested.
+LOCK_PLATFORMS := x86_64-unknown-linux-gnu aarch64-unknown-linux-gnu aarch64-apple-darwin
+# Each lock with the oldest macOS it installs on (arm64): ai-edge-litert's wheels need 12,
+# onnxruntime's (dev only) 14.
+LOCK_FILES := requirements.txt:12.0 requirements-dev.txt:14.0
+UV_COMPILE := uv pip compile --quiet --universal --python-version 3.11 --generate-hashes \
+	--custom-compile-command "make lock"
+
+.PHONY: repro test lint exps bench clean-venv lock check-lock
 
 repro: $(STAMP)
 	dvc repro
 
-test: $(STAMP)
+test: $(DEV_STAMP)
 	pytest
 
-lint: $(STAMP)
-	ruff check .
-	ruff format --check .
+lint: $(DEV_STAMP)
+	ruff check . && ruff format --check .
+
+# The experiments table, narrow enough for a 120-column terminal (README, "Watching a
+# run"): the params that differ between rows, validation and test accuracy. Left out:
+# dates, dependency hashes (stages/, data/, models/), losses, training metrics, export.json's. Test accuracy is `metrics/eval.json:accuracy` once export.json (which has an
+# `accuracy` too) exists: DVC prefixes names that two metrics files share.
+EXPS_DROP := Created|stages/|data/|models/|train\.|validation\.loss|loss|metrics/export\.json:|quantization|savedmodel_accuracy|agreement_with_savedmodel|examples|size_bytes
+EXPS_KEEP := ^(accuracy|metrics/eval\.json:accuracy|validation\.accuracy)$$
+exps: $(STAMP)
+	dvc exp show --only-changed --drop '$(EXPS_DROP)' --keep '$(EXPS_KEEP)'
 
 bench: $(STAMP)
 	python -m benchmarks.train_speed
 
+# pip checks every file against the lock's hashes (--require-hashes).
 $(STAMP): requirements.txt
-	test -x $(VENV)/bin/python || python3 -m venv $(VENV)
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(VENV)/bin/python -m pip install --quiet -r requirements.txt
+	$(VENV)/bin/python -m pip install --quiet --require-hashes -r requirements.txt
 	touch $(STAMP)
 
-# Re-pin requirements.txt from requirements.in in a scratch environment.
-lock:
-	rm -rf /tmp/loopline-lock && python3 -m venv /tmp/loopline-lock
-	/tmp/loopline-lock/bin/pip install --quiet -r requirements.in
-	/tmp/loopline-lock/bin/pip freeze --exclude-editable > requirements.txt
+$(DEV_STAMP): requirements-dev.txt $(STAMP)
+	$(VENV)/bin/python -m pip install --quiet --require-hashes -r requirements-dev.txt
+	touch $(DEV_STAMP)
+
+# Re-pin both locks from the .in files, for every platform at once. uv keeps the versions
+# already pinned unless a .in file asks otherwise; to move one package on:
+# `uv pip compile ... --upgrade-package NAME` (the commands below), then `make check-lock`.
+lock: $(DEV_STAMP)
+	$(UV_COMPILE) requirements.in -o requirements.txt
+	$(UV_COMPILE) -c requirements.txt requirements-dev.in -o requirements-dev.txt
+
+# Resolve each lock for each platform from the package index alone (no emulation): fails when
+# a pinned version has no wheel for a platform, or a platform needs a package the lock lacks
+# (--require-hashes: every package installed must be in the file).
+check-lock: $(DEV_STAMP)
+	@target=$$(mktemp -d) && trap 'rm -rf "$$target"' EXIT && \
+	for platform in $(LOCK_PLATFORMS); do \
+	  for lock in $(LOCK_FILES); do \
+	    file=$${lock%%:*}; \
+	    MACOSX_DEPLOYMENT_TARGET=$${lock##*:} uv pip install --quiet --dry-run \
+	      --require-hashes --python-version 3.11 --python-platform $$platform \
+	      --target "$$target" -r $$file || exit 1; \
+	    echo "$$file: resolves for $$platform"; \
+	  done; \
+	done
 
 clean-venv:
 	rm -rf $(VENV)

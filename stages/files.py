@@ -2,14 +2,37 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
+import signal
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+# Errors of writing that a user can fix, and how; anything else keeps its traceback.
+WRITE_ERRORS = {
+    errno.ENOSPC: "free some space on that file system, then re-run",
+    errno.EDQUOT: "free some space (or raise the disk quota), then re-run",
+    errno.EACCES: "make it writable (or work in a copy you own), then re-run",
+    errno.EPERM: "make it writable (or work in a copy you own), then re-run",
+    errno.EROFS: "the file system is read-only: work in a writable copy, then re-run",
+}
+
+
+class WriteError(OSError):
+    """Writing an output failed (as opposed to reading an input)."""
+
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM arrived: unwinds like KeyboardInterrupt, so temporaries are removed."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
 
 
 def _remove(path: Path) -> None:
@@ -19,12 +42,36 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
+def write_error(error: BaseException, path: str | Path) -> OSError | None:
+    """`error` as a WriteError naming the file (or else `path`), if it is one of
+    WRITE_ERRORS; else None.
+
+    Python's write() errors carry no file name, and TensorFlow's (ResourceExhaustedError
+    from a TFRecordWriter or a SavedModel export) are not OSErrors at all: only their
+    message, "<file>; No space left on device", says what happened.
+    """
+    if isinstance(error, OSError) and error.errno in WRITE_ERRORS:
+        return WriteError(error.errno, error.strerror, error.filename or str(path))
+    if not any(kind.__name__ == "OpError" for kind in type(error).__mro__):
+        return None  # e.g. a ValueError about an input that merely quotes an OSError
+    message = str(error)
+    for code in WRITE_ERRORS:
+        if f"; {os.strerror(code)}" in message:
+            filename = message.split(f"; {os.strerror(code)}")[0].splitlines()[-1]
+            return WriteError(code, os.strerror(code), filename or str(path))
+    return None
+
+
 @contextmanager
 def atomic_output(target: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to `target`; move it onto `target` only on success.
 
-    A stage that fails or is killed half-way leaves the previous output (or none), never a
-    half-written one: readers see either the old complete file or directory, or the new one.
+    A stage that fails or is interrupted half-way leaves the previous output (or none),
+    never a half-written one: readers see either the old complete file or directory, or
+    the new one. The temporary sits beside `target` so that the final rename stays on one
+    file system (atomic); its name, `.<name>.tmp-<pid>`, is git- and DVC-ignored, so even
+    the leftover of a SIGKILL never shows in `git status` (the next run removes it).
+    A failed write raises OSError naming `target` (or the file inside it) and the reason.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -33,12 +80,17 @@ def atomic_output(target: str | Path) -> Iterator[Path]:
     temporary = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     try:
         yield temporary
-    except BaseException:
+        if temporary.is_dir():
+            _remove(target)  # os.replace cannot replace a non-empty directory
+        os.replace(temporary, target)
+    except BaseException as error:
         _remove(temporary)
-        raise
-    if temporary.is_dir():
-        _remove(target)  # os.replace cannot replace a non-empty directory
-    os.replace(temporary, target)
+        failed = write_error(error, target) if isinstance(error, Exception) else None
+        if failed is None:
+            raise
+        # Name the file the user will look for, not our temporary one.
+        failed.filename = str(failed.filename).replace(str(temporary), str(target), 1)
+        raise failed from None
 
 
 def write_json(path: str | Path, document: Any) -> None:
@@ -47,15 +99,50 @@ def write_json(path: str | Path, document: Any) -> None:
         temporary.write_text(json.dumps(document, indent=2) + "\n")
 
 
-def run_stage(main: Callable[[], None]) -> None:
-    """Run a stage's `main`; report bad input as one line on stderr and exit 1.
+def _interrupt(signum: int, frame: object) -> None:
+    # A second signal must not cut short the clean-up the first one started.
+    for ignored in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(ignored, signal.SIG_IGN)
+    raise Interrupted(signum)
+
+
+def run_stage(
+    main: Callable[[], None],
+    interrupted: str = "no output was half-written; run `dvc repro` to run the stage again",
+) -> None:
+    """Run a stage's `main`; report bad input, a failed write or a signal in one line.
 
     Bad input raises ValueError or FileNotFoundError with a message that names the file or
-    key; the user needs that line, not a traceback. Anything else is a bug and keeps its
-    traceback.
+    key: one `error:` line on stderr and exit code 1, as for a write that failed for want
+    of space or permission (WRITE_ERRORS). SIGINT (Ctrl-C) and SIGTERM end the stage with
+    one line, `interrupted`, saying what was kept and how to resume, and the shells' exit
+    codes 130 and 143. Anything else is a bug and keeps its traceback.
     """
+    stage = Path(sys.argv[0]).stem
+    # A SIGINT ignored by whoever started us (nohup, a background job) stays ignored.
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _interrupt)
+    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _interrupt)
     try:
         main()
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
+    except (Interrupted, KeyboardInterrupt) as error:
+        signum = getattr(error, "signum", signal.SIGINT)
+        print(
+            f"{stage}: interrupted by {signal.Signals(signum).name}; {interrupted}", file=sys.stderr
+        )
+        sys.exit(128 + signum)
+    except Exception as error:
+        # A write that failed for want of space or permission, outside atomic_output too
+        # (TensorFlow's checkpoints, say): named in one line. Anything else: a traceback.
+        failed = write_error(error, "")
+        if failed is None or not failed.filename:
+            raise
+        print(
+            f"error: {failed.filename}: {failed.strerror}; {WRITE_ERRORS[failed.errno]}",
+            file=sys.stderr,
+        )
         sys.exit(1)

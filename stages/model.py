@@ -6,11 +6,15 @@ cannot drift from the way it was trained; it returns logits [batch, 10].
 
 from __future__ import annotations
 
+import re
+import uuid
 from pathlib import Path
 
 import keras
 import tensorflow as tf
 from keras import layers
+from tensorflow.core.protobuf import fingerprint_pb2, saved_model_pb2
+from tensorflow.python.saved_model.pywrap_saved_model import fingerprinting
 
 from stages.params import dispatch_table
 from stages.records import IMAGE_SIZE, NUM_CLASSES
@@ -91,28 +95,155 @@ def build_model(name: str) -> keras.Model:
     return MODELS[name]()
 
 
+SERVING_SIGNATURE = tf.TensorSpec([None, IMAGE_SIZE, IMAGE_SIZE], tf.uint8, name="images")
+
+
 class Serving(tf.Module):
-    """What the SavedModel holds: the model and one signature over raw uint8 images."""
+    """What the SavedModel holds: the variables the signature reads, and the signature.
+
+    It holds the model's underlying tf.Variables, not the Keras model. A Keras 3 variable
+    saves through a *copy*: its `_export_to_saved_model_graph` adds a second graph variable
+    initialised from the real one, and the checkpoint's save and restore functions read and
+    write that copy, while the traced signature reads the real one. `tf.saved_model.load`
+    binds both to one object and works; the graph loader of `saved_model_cli run` and
+    TensorFlow Serving, and `TFLiteConverter.from_saved_model`, restore the copy and leave the
+    variables the signature reads empty ("Could not find variable dense_1/bias"; a TFLite
+    model without weights). `model.export()` tracks both, so it works but stores every weight
+    twice. Tracking only the tf.Variables stores each weight once, where every loader finds it.
+    """
 
     def __init__(self, model: keras.Model) -> None:
         super().__init__()
-        self.model = model
 
-    @tf.function(
-        input_signature=[tf.TensorSpec([None, IMAGE_SIZE, IMAGE_SIZE], tf.uint8, name="images")]
-    )
-    def serve(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
-        logits = self.model(images, training=False)
-        return {
-            "logits": logits,
-            "probabilities": tf.nn.softmax(logits),
-            "classes": tf.argmax(logits, axis=-1, output_type=tf.int32),
-        }
+        # The model stays in this closure, out of the object graph (see above).
+        def serve(images: tf.Tensor) -> dict[str, tf.Tensor]:
+            logits = model(images, training=False)
+            return {
+                "logits": logits,
+                "probabilities": tf.nn.softmax(logits),
+                "classes": tf.argmax(logits, axis=-1, output_type=tf.int32),
+            }
+
+        self.serve = tf.function(serve, input_signature=[SERVING_SIGNATURE])
+        read = {variable.ref() for variable in self.serve.get_concrete_function().variables}
+        # In the model's order: the traced function lists its variables in set order, which
+        # changes from process to process and would reorder the files' contents.
+        self.weights = [
+            variable.value
+            for variable in model.variables
+            if any(part.ref() in read for part in _parts(variable.value))
+        ]
+        kept = {part.ref() for variable in self.weights for part in _parts(variable)}
+        assert read <= kept, "the signature reads a variable that is not the model's"
+
+
+def _parts(variable: tf.Variable) -> tuple[tf.Variable, ...]:
+    """A variable, or under a distribution strategy its copies (a traced function reads one)."""
+    if isinstance(variable, tf.distribute.DistributedValues):
+        return tuple(variable.values)
+    return (variable,)
 
 
 def export_saved_model(model: keras.Model, directory: str | Path) -> None:
-    """Write `model` as a SavedModel whose `serving_default` takes uint8 [batch, 28, 28]."""
+    """Write `model` as a SavedModel whose `serving_default` takes uint8 [batch, 28, 28].
+
+    The same weights give the same bytes, whatever the process did before (see
+    `_make_reproducible`).
+    """
     # Not model.save() (a .keras file in Keras 3) nor model.export() (which stores every
-    # variable twice in Keras 3.15): tf.saved_model.save with an explicit signature.
+    # variable twice in Keras 3.15): tf.saved_model.save of the variables and one signature.
     serving = Serving(model)
-    tf.saved_model.save(serving, str(directory), signatures={"serving_default": serving.serve})
+    signature = serving.serve.get_concrete_function()
+    tf.saved_model.save(serving, str(directory), signatures={"serving_default": signature})
+    _make_reproducible(Path(directory))
+
+
+# A function name that ends in a count taken from a process-wide counter.
+_COUNTED = re.compile(r"(.*_)(\d+)")
+# The attribute that names a function's argument; for captured inputs, a bare count.
+_LABEL = "_user_specified_name"
+
+
+def _make_reproducible(directory: Path) -> None:
+    """Rewrite saved_model.pb and fingerprint.pb so they depend on the model alone.
+
+    What differs between two saves of the same weights: (1) function names end in a
+    process-wide counter (`__inference_serve_1234`), and the library lists functions by
+    name; (2) the signature wrapper labels its captured inputs with such counts (`126`);
+    (3) fingerprint.pb holds a random UUID, besides hashes of (1) and (2). TensorFlow's
+    own fingerprint strips the counters for the same reason
+    (tensorflow/core/graph/regularization/simple_delete.cc). Here they are renumbered in
+    the order they were taken, which is the same in every process; the checkpoint's bytes
+    depend only on the variables (tests/test_export.py compares whole directories).
+    """
+    path = directory / "saved_model.pb"
+    saved_model = saved_model_pb2.SavedModel.FromString(path.read_bytes())
+    for meta_graph in saved_model.meta_graphs:
+        library = meta_graph.graph_def.library
+        names = [function.signature.name for function in library.function]
+        _replace_strings(saved_model, _renumbered(names))
+        _renumber_counted_labels(library)
+        functions = sorted(library.function, key=lambda function: function.signature.name)
+        library.ClearField("function")
+        library.function.extend(functions)
+    path.write_bytes(saved_model.SerializeToString(deterministic=True))
+    # The fingerprint as tf.saved_model.save computes it (private API: no public one
+    # exists), with a UUID derived from the content instead of a random one.
+    fingerprint = fingerprint_pb2.FingerprintDef.FromString(
+        fingerprinting.CreateFingerprintDef(str(directory))
+    )
+    fingerprint.ClearField("uuid")
+    content = fingerprint.SerializeToString(deterministic=True)
+    fingerprint.uuid = str(uuid.uuid5(uuid.NAMESPACE_OID, content.hex()).int)
+    (directory / "fingerprint.pb").write_bytes(fingerprint.SerializeToString(deterministic=True))
+
+
+def _renumbered(names: list[str]) -> dict[str, str]:
+    """`name_<count>` -> `name_<rank of count>`; names without a count are kept."""
+    counted = sorted(
+        (int(_COUNTED.fullmatch(name)[2]), name) for name in names if _COUNTED.fullmatch(name)
+    )
+    return {name: f"{_COUNTED.fullmatch(name)[1]}{rank}" for rank, (_, name) in enumerate(counted)}
+
+
+def _renumber_counted_labels(library) -> None:
+    """Replace the argument labels that are bare counts (`126`) by their rank."""
+    labels = [
+        attributes.attr[_LABEL]
+        for function in library.function
+        for attributes in function.arg_attr.values()
+        if _LABEL in attributes.attr and attributes.attr[_LABEL].s.isdigit()
+    ]
+    ranks = {count: rank for rank, count in enumerate(sorted({int(x.s) for x in labels}))}
+    for label in labels:
+        label.s = str(ranks[int(label.s)]).encode()
+
+
+def _replace_strings(message, replacements: dict[str, str]) -> None:
+    """Replace every string field and string map key of `message` found in `replacements`."""
+    for field, value in message.ListFields():
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            _replace_in_map(field, value, replacements)
+        elif field.type == field.TYPE_MESSAGE:
+            for item in value if field.is_repeated else [value]:
+                _replace_strings(item, replacements)
+        elif field.type == field.TYPE_STRING:
+            if field.is_repeated:
+                value[:] = [replacements.get(item, item) for item in value]
+            elif value in replacements:
+                setattr(message, field.name, replacements[value])
+
+
+def _replace_in_map(field, mapping, replacements: dict[str, str]) -> None:
+    holds_messages = field.message_type.fields_by_name["value"].type == field.TYPE_MESSAGE
+    for key in [key for key in mapping if isinstance(key, str) and key in replacements]:
+        if holds_messages:
+            mapping[replacements[key]].CopyFrom(mapping[key])
+        else:
+            mapping[replacements[key]] = mapping[key]
+        del mapping[key]
+    for key in list(mapping):
+        if holds_messages:
+            _replace_strings(mapping[key], replacements)
+        elif isinstance(mapping[key], str):
+            mapping[key] = replacements.get(mapping[key], mapping[key])

@@ -22,7 +22,13 @@ import yaml
 MODELS = ("tutorial", "convnet")
 STRATEGIES = ("none", "mirrored", "multi_worker")
 SCHEDULES = ("constant", "cosine")
-CHOICES = {"model": MODELS, "learning_rate_schedule": SCHEDULES, "distribute": STRATEGIES}
+QUANTIZATIONS = ("float", "dynamic_range", "int8")
+CHOICES = {
+    "model": MODELS,
+    "learning_rate_schedule": SCHEDULES,
+    "distribute": STRATEGIES,
+    "quantization": QUANTIZATIONS,
+}
 
 T = TypeVar("T")
 
@@ -42,39 +48,62 @@ class Spec:
     optional: bool = False  # whether null is allowed
 
 
-def _positive(value: Any) -> bool:
-    return value > 0
-
-
-def _non_negative(value: Any) -> bool:
-    return value >= 0
+def _between(low: int, high: int) -> Callable[[Any], bool]:
+    return lambda value: low <= value <= high
 
 
 def _always(value: Any) -> bool:
     return True
 
 
+def _count(high: int) -> Spec:
+    return Spec(int, _between(1, high), f"an integer from 1 to {high:,}")
+
+
+# Bounds: far above any sensible value for MNIST-sized data on one machine, low enough that
+# a slip (an extra zero, 1e23) is refused here rather than as an overflow deep inside
+# TensorFlow, or a run that never ends. Raise them here if a real data set needs more.
+MAX_EPOCHS = 10_000
+MAX_BATCH = 65_536  # 2**16 images: 51 MB of uint8 pixels, far more as float activations
+MAX_EXAMPLES = 1_000_000_000
+MAX_EXAMPLES_PER_SHARD = 1_000_000  # prepare holds one shard's images per core: 784 MB
+
+
 SPECS: dict[str, Spec] = {
     # prepare
-    "seed": Spec(int, _non_negative, "an integer >= 0"),
-    "validation_size": Spec(int, _positive, "an integer > 0"),
-    "max_train_examples": Spec(int, _positive, "an integer > 0, or null for all", True),
-    "examples_per_shard": Spec(int, _positive, "an integer > 0"),
+    # NumPy's legacy seeding (keras.utils.set_random_seed) takes seeds below 2**32.
+    "seed": Spec(int, _between(0, 2**32 - 1), "an integer from 0 to 4,294,967,295 (2**32 - 1)"),
+    "validation_size": _count(MAX_EXAMPLES),
+    "max_train_examples": Spec(
+        int, _between(1, MAX_EXAMPLES), f"an integer from 1 to {MAX_EXAMPLES:,}, or null", True
+    ),
+    "examples_per_shard": _count(MAX_EXAMPLES_PER_SHARD),
     # train
     "model": Spec(str, lambda value: value in MODELS, f"one of {', '.join(MODELS)}"),
-    "epochs": Spec(int, _positive, "an integer > 0"),
-    "batch_size": Spec(int, _positive, "an integer > 0"),
+    "epochs": _count(MAX_EPOCHS),
+    "batch_size": _count(MAX_BATCH),
     "learning_rate": Spec(float, lambda value: 0 < value < math.inf, "a number > 0"),
     "learning_rate_schedule": Spec(
         str, lambda value: value in SCHEDULES, f"one of {', '.join(SCHEDULES)}"
     ),
     "jit_compile": Spec(bool, _always, "true or false"),
     "deterministic": Spec(bool, _always, "true or false"),
-    "steps_per_execution": Spec(int, _positive, "an integer > 0"),
+    # The steps of one execution are compiled into one program: compile time grows with it.
+    "steps_per_execution": _count(64),
     "distribute": Spec(str, lambda value: value in STRATEGIES, f"one of {', '.join(STRATEGIES)}"),
-    # train and evaluate
-    "eval_batch_size": Spec(int, _positive, "an integer > 0"),
+    # train, evaluate and export
+    "eval_batch_size": _count(MAX_BATCH),
+    # export
+    "quantization": Spec(
+        str, lambda value: value in QUANTIZATIONS, f"one of {', '.join(QUANTIZATIONS)}"
+    ),
 }
+
+
+def _shown(value: Any) -> str:
+    """`value` as the error message shows it: its repr, cut short if long."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _coerce(key: str, value: Any, spec: Spec) -> Any:
@@ -86,32 +115,70 @@ def _coerce(key: str, value: Any, spec: Spec) -> Any:
         with contextlib.suppress(ValueError):
             value = float(value)
     if spec.kind is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
+        # An integer too large for a float (10**400) is refused as out of range, below.
+        with contextlib.suppress(OverflowError):
+            value = float(value)
     # bool is a subclass of int: `epochs: true` must not pass as 1.
     if not isinstance(value, spec.kind) or (spec.kind is not bool and isinstance(value, bool)):
-        raise ValueError(f"{key}: got {value!r}, expected {spec.expected}")
+        raise ValueError(f"{key}: got {_shown(value)}, expected {spec.expected}")
     if not spec.check(value):
-        raise ValueError(f"{key}: got {value!r}, expected {spec.expected}")
+        raise ValueError(f"{key}: got {_shown(value)}, expected {spec.expected}")
     return value
 
 
-def load_params(keys: tuple[str, ...], path: str | Path = "params.yaml") -> dict[str, Any]:
-    """Read `path` and return the validated values of `keys`."""
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice (it would keep the last silently;
+    DVC refuses such a file too)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        self.flatten_mapping(node)  # YAML merge keys (<<) first: they may override
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            with contextlib.suppress(TypeError):  # unhashable: reported by the base class
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        problem=f"key {_shown(key)} given twice (lines {seen[key]} and {line})",
+                        problem_mark=key_node.start_mark,
+                    )
+                seen[key] = line
+        return super().construct_mapping(node, deep)
+
+
+def read_document(path: str | Path = "params.yaml") -> dict[str, Any]:
+    """The mapping in `path`, with no unknown or duplicate key; values not yet checked."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file; copy params.yaml from the repository")
     try:
-        document = yaml.safe_load(path.read_text())
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(
+            f"{path}: not UTF-8 text (byte {error.object[error.start]:#04x} at offset "
+            f"{error.start}); save it as UTF-8"
+        ) from None
+    try:
+        document = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader
+    except RecursionError:
+        raise ValueError(f"{path}: malformed YAML: nested too deep") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         problem = getattr(error, "problem", None) or "not valid YAML"
-        raise ValueError(f"{path}: malformed YAML{where}: {problem}") from None
+        raise ValueError(f"{path}: malformed YAML{where}: {' '.join(problem.split())}") from None
     if not isinstance(document, dict):
         raise ValueError(f"{path}: expected a mapping of key: value, got {type(document).__name__}")
-    unknown = sorted(set(document) - set(SPECS), key=str)
+    unknown = sorted((key for key in document if key not in SPECS), key=str)
     if unknown:
-        raise ValueError(f"{path}: unknown key {unknown[0]!r}; known keys are {', '.join(SPECS)}")
+        raise ValueError(
+            f"{path}: unknown key {_shown(unknown[0])}; known keys are {', '.join(SPECS)}"
+        )
+    return document
+
+
+def check_params(document: dict[str, Any], keys: tuple[str, ...], path: str | Path) -> dict:
+    """The values of `keys` in `document` (read from `path`), checked and typed."""
     params = {}
     for key in keys:
         if key not in document:
@@ -121,6 +188,11 @@ def load_params(keys: tuple[str, ...], path: str | Path = "params.yaml") -> dict
         except ValueError as error:
             raise ValueError(f"{path}: {error}") from None
     return params
+
+
+def load_params(keys: tuple[str, ...], path: str | Path = "params.yaml") -> dict[str, Any]:
+    """Read `path` and return the validated values of `keys`."""
+    return check_params(read_document(path), keys, path)
 
 
 def check_train_params(params: dict[str, Any], train_examples: int, replicas: int) -> None:

@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from stages.evaluate import load_classifier, predict_logits, softmax
 from stages.files import run_stage
 from stages.records import IMAGE_SIZE
+from stages.savedmodel import load_classifier, predict
 
 # MNIST's framing: the digit's longer side is 20 pixels, its centre of mass at pixel
 # (14, 14) (measured on the test set: 13.99, 14.00).
@@ -34,6 +34,10 @@ CENTRE = 14
 # A pixel is ink, for cropping, from a quarter of the full stroke brightness up: low
 # enough to keep thin strokes, high enough to leave out paper texture and shadows.
 INK_THRESHOLD = 64
+# A page whose ink differs from its paper by less than this (of 255) holds no digit: it is
+# blank or one shade, and stretching its noise to full contrast would invent one. Real
+# strokes, even on a dim grey photo, differ by 60 levels or more.
+MIN_CONTRAST = 32
 # Only bounds memory; any batch size gives the same predictions.
 BATCH_SIZE = 256
 
@@ -63,6 +67,10 @@ def read_image(path: Path) -> np.ndarray:
         raise ValueError(f"{path}: not a readable image ({error})") from None
 
 
+class NoDigitError(ValueError):
+    """The image holds no digit: a blank or uniform page."""
+
+
 def _border(pixels: np.ndarray) -> np.ndarray:
     return np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
 
@@ -78,7 +86,11 @@ def normalize_ink(gray: np.ndarray) -> np.ndarray:
     background = np.median(_border(pixels))
     pixels = np.clip(pixels - background, 0, None)
     peak = pixels.max()
-    return pixels * (255 / peak) if peak > 0 else pixels
+    if peak < MIN_CONTRAST:
+        raise NoDigitError(
+            f"no digit found: the image is blank or of one shade (contrast {peak:.0f} of 255)"
+        )
+    return pixels * (255 / peak)
 
 
 def frame_digit(ink: np.ndarray) -> np.ndarray:
@@ -116,9 +128,9 @@ def to_mnist(gray: np.ndarray) -> np.ndarray:
 
 def classify(classifier, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The predicted digit and its probability for each of the uint8 images [n, 28, 28]."""
-    probabilities = softmax(predict_logits(classifier, images, BATCH_SIZE))
-    digits = probabilities.argmax(axis=1)
-    return digits, probabilities[np.arange(len(digits)), digits]
+    outputs = predict(classifier, images, BATCH_SIZE)
+    digits = outputs["classes"]
+    return digits, outputs["probabilities"][np.arange(len(digits)), digits]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,6 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     for path in arguments.images:
         try:
             images.append(to_mnist(read_image(path)))
+        except NoDigitError as error:
+            print(f"error: {path}: {error}", file=sys.stderr)
+            continue
         except (ValueError, FileNotFoundError) as error:
             print(f"error: {error}", file=sys.stderr)
             continue

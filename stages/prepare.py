@@ -27,6 +27,7 @@ if __name__ == "__main__":  # the command line: before TensorFlow is imported be
     stages.import_tensorflow_quietly()
 
 import argparse
+import errno
 import hashlib
 import json
 import shutil
@@ -37,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from stages import records
-from stages.files import atomic_output, run_stage, write_json
+from stages.files import WriteError, atomic_output, run_stage, write_json
 from stages.params import load_params
 
 PARAMS = ("seed", "validation_size", "max_train_examples", "examples_per_shard")
@@ -86,6 +87,21 @@ def check_split(path: Path, images: np.ndarray, labels: np.ndarray, split: str) 
         )
 
 
+def _copy(source, copy: Path) -> None:
+    """Stream `source` (an archive member) to `copy`; a failed write is an OSError naming
+    `copy`, told apart from a damaged archive (which the caller reports as such)."""
+    try:
+        target = copy.open("wb")
+    except OSError as error:
+        raise WriteError(error.errno, error.strerror, str(copy)) from None
+    with target:
+        while chunk := source.read(CHUNK_BYTES):
+            try:
+                target.write(chunk)
+            except OSError as error:
+                raise WriteError(error.errno, error.strerror, str(copy)) from None
+
+
 def extract_arrays(path: Path, directory: Path) -> dict[str, np.ndarray]:
     """The arrays of the .npz `path`, copied to .npy files in `directory` and memory-mapped.
 
@@ -96,17 +112,52 @@ def extract_arrays(path: Path, directory: Path) -> dict[str, np.ndarray]:
     arrays = {}
     try:
         with zipfile.ZipFile(path) as archive:
-            present = set(archive.namelist())
-            for name in ARRAYS:
-                if f"{name}.npy" not in present:
-                    continue  # load_raw names the first missing one
-                copy = directory / f"{name}.npy"
-                with archive.open(f"{name}.npy") as source, copy.open("wb") as target:
-                    shutil.copyfileobj(source, target, CHUNK_BYTES)
-                arrays[name] = np.load(copy, mmap_mode="r", allow_pickle=False)
+            members = {info.filename: info for info in archive.infolist()}
+            wanted = [members[f"{name}.npy"] for name in ARRAYS if f"{name}.npy" in members]
+            check_free_space(path, directory, sum(info.file_size for info in wanted))
+            for info in wanted:  # a missing one is named by load_raw
+                copy = directory / info.filename
+                with archive.open(info) as source:
+                    _copy(source, copy)
+                arrays[copy.stem] = np.load(copy, mmap_mode="r", allow_pickle=False)
+    except WriteError:
+        raise
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as error:
         raise ValueError(f"{path}: not a readable .npz archive ({error})") from None
     return arrays
+
+
+def check_free_space(path: Path, directory: Path, needed: int) -> None:
+    """Refuse at once, rather than half-way, when the uncompressed arrays cannot fit."""
+    free = shutil.disk_usage(directory).free
+    if needed > free:
+        raise WriteError(
+            errno.ENOSPC,
+            f"No space left on device: the arrays of {path} need {needed / 2**20:,.0f} MB "
+            f"uncompressed while prepare runs, {free / 2**20:,.0f} MB are free",
+            str(directory),
+        )
+
+
+def read_checksums(path: Path) -> dict[str, str]:
+    """checksums.json: a JSON object of array name -> SHA-256 (hex)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file; it lists the SHA-256 of each raw array")
+    try:
+        checksums = json.loads(path.read_bytes())
+    except (ValueError, RecursionError) as error:  # bad JSON, not UTF-8, nested too deep
+        reason = str(error).splitlines()[0][:120] if str(error) else type(error).__name__
+        raise ValueError(
+            f"{path}: not valid JSON ({reason}); restore it with `git checkout`"
+        ) from None
+    if not isinstance(checksums, dict) or not all(
+        isinstance(checksums.get(name), str) for name in ARRAYS
+    ):
+        raise ValueError(
+            f"{path}: expected a JSON object with a SHA-256 string for each of "
+            f"{', '.join(ARRAYS)}; restore it with `git checkout`"
+        )
+    return checksums
 
 
 def load_raw(path: Path, checksums_path: Path, scratch: Path) -> dict[str, np.ndarray]:
@@ -119,13 +170,9 @@ def load_raw(path: Path, checksums_path: Path, scratch: Path) -> dict[str, np.nd
         raise ValueError(f"{path}: missing array {missing[0]!r}; expected {', '.join(ARRAYS)}")
     for split in ("train", "test"):
         check_split(path, arrays[f"x_{split}"], arrays[f"y_{split}"], split)
-    if not checksums_path.is_file():
-        raise FileNotFoundError(
-            f"{checksums_path}: no such file; it lists the SHA-256 of each array in {path}"
-        )
-    expected = json.loads(checksums_path.read_text())
+    expected = read_checksums(checksums_path)
     for name in ARRAYS:
-        if sha256_of_array(arrays[name]) != expected.get(name):
+        if sha256_of_array(arrays[name]) != expected[name]:
             raise ValueError(
                 f"{path}: {name} does not match its SHA-256 in {checksums_path}; "
                 "restore the file with `git checkout` or update the checksums for new data"

@@ -7,10 +7,12 @@ One `tf.train.Example` per image: `image` holds the 784 raw uint8 pixels (row-ma
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -103,36 +105,138 @@ def read_arrays(paths: list[Path]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def read_meta(directory: str | Path) -> dict:
-    """The prepared data's meta.json, as prepare wrote it."""
+    """The prepared data's meta.json, as prepare wrote it (a mapping; not yet checked)."""
     path = Path(directory) / "meta.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file; run `dvc repro prepare` to create it")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(
-            f"{path}: not valid JSON ({error}); re-run `dvc repro -f prepare`"
-        ) from None
+        meta = json.loads(path.read_bytes())
+    except (ValueError, RecursionError) as error:  # bad JSON, not UTF-8, nested too deep
+        reason = str(error).splitlines()[0][:120] if str(error) else type(error).__name__
+        raise ValueError(f"{path}: not valid JSON ({reason}); {_REMAKE}") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(meta).__name__}; {_REMAKE}")
+    return meta
+
+
+# The fix for prepared data that is not what prepare wrote.
+_REMAKE = "re-create it with `dvc repro -f prepare`"
+_HEX = frozenset("0123456789abcdef")
+
+
+@dataclass(frozen=True)
+class SplitMeta:
+    """One split as meta.json describes it: its shard files in order, with their hashes."""
+
+    examples: int
+    class_counts: list[int]
+    shards: dict[Path, str]
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def split_meta(directory: str | Path, split: str) -> SplitMeta:
+    """A split's entry in meta.json, checked: types, counts, shard names and their hashes.
+
+    Shard names must be exactly the ones prepare writes ({split}-00000-of-0000N, ...): no
+    other name, and so no path that leaves the directory, can be read.
+    """
+    directory = Path(directory)
+    meta_path = directory / "meta.json"
+
+    def refuse(what: str) -> ValueError:
+        return ValueError(f"{meta_path}: {what}; {_REMAKE}")
+
+    splits = read_meta(directory).get("splits")
+    if not isinstance(splits, dict) or not isinstance(splits.get(split), dict):
+        raise refuse(f"no {split} split")
+    entry = splits[split]
+    examples, class_counts, shards = (entry.get(k) for k in ("examples", "class_counts", "shards"))
+    if not _is_count(examples):
+        raise refuse(f"{split}.examples is {examples!r:.40}, expected an integer >= 0")
+    if not (
+        isinstance(class_counts, list)
+        and len(class_counts) == NUM_CLASSES
+        and all(map(_is_count, class_counts))
+        and sum(class_counts) == examples
+    ):
+        raise refuse(
+            f"{split}.class_counts is {class_counts!r:.60}, expected {NUM_CLASSES} "
+            f"integers >= 0 that add up to {split}.examples ({examples})"
+        )
+    if not isinstance(shards, dict) or not shards:
+        raise refuse(f"{split}.shards is {shards!r:.40}, expected a mapping of name: SHA-256")
+    expected_names = [shard_name(split, index, len(shards)) for index in range(len(shards))]
+    if sorted(shards) != expected_names:
+        unexpected = sorted(set(shards) - set(expected_names), key=str)[:1] or ["(a gap)"]
+        raise refuse(
+            f"{split}.shards names {unexpected[0]!r:.60}, expected exactly "
+            f"{expected_names[0]} to {expected_names[-1]}"
+        )
+    for name, digest in shards.items():
+        if not (isinstance(digest, str) and len(digest) == 64 and set(digest) <= _HEX):
+            raise refuse(f"{split}.shards[{name!r}] is {digest!r:.40}, expected a SHA-256 (hex)")
+    return SplitMeta(
+        examples, class_counts, {directory / name: shards[name] for name in expected_names}
+    )
+
+
+def _inside(path: Path, directory: Path) -> bool:
+    """Whether `path`, symlinks resolved, is in `directory` or is a DVC cache object.
+
+    With `cache.type: symlink` DVC links each file of data/prepared to its cache,
+    `<cache>/files/md5/<2 hex>/<30 hex>`: those links are DVC's own, and the hash check
+    below still covers what they point to.
+    """
+    target = path.resolve()
+    if target.parent == directory.resolve():
+        return True
+    parent = target.parent
+    return (
+        parent.parent.name == "md5"
+        and len(parent.name) == 2
+        and len(target.name) == 30
+        and set(parent.name + target.name) <= _HEX
+    )
+
+
+def verify_shards(shards: dict[Path, str]) -> None:
+    """Raise unless every shard is a file in its folder whose SHA-256 is the one recorded.
+
+    Costs one extra read of the (compressed) shards: ~12 MB for all of MNIST, hashed at
+    about 1-2 GB/s; the page cache then serves the read that parses them.
+    """
+    for path, expected in shards.items():
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{path}: missing shard listed in meta.json; restore it with "
+                f"`dvc checkout {path.parent}` or {_REMAKE}"
+            )
+        if not _inside(path, path.parent):
+            raise ValueError(
+                f"{path}: a link to {path.resolve()}, outside {path.parent}; {_REMAKE}"
+            )
+        with path.open("rb") as file:
+            actual = hashlib.file_digest(file, "sha256").hexdigest()
+        if actual != expected:
+            raise ValueError(
+                f"{path}: its SHA-256 is not the one in meta.json (the shard changed after "
+                f"prepare wrote it); restore it with `dvc checkout {path.parent}` or {_REMAKE}"
+            )
 
 
 def split_shards(directory: str | Path, split: str) -> tuple[int, list[Path]]:
     """A split's example count and its shard files in order, as meta.json lists them."""
-    directory = Path(directory)
-    try:
-        expected = read_meta(directory)["splits"][split]
-        expected_count, shard_names = expected["examples"], sorted(expected["shards"])
-    except (KeyError, TypeError):
-        raise ValueError(
-            f"{directory / 'meta.json'}: no {split} split; re-run `dvc repro -f prepare`"
-        ) from None
-    paths = [directory / name for name in shard_names]
-    for path in paths:
+    meta = split_meta(directory, split)
+    for path in meta.shards:
         if not path.is_file():
             raise FileNotFoundError(
-                f"{path}: missing shard listed in meta.json; re-create it with "
-                "`dvc repro -f prepare`"
+                f"{path}: missing shard listed in meta.json; restore it with "
+                f"`dvc checkout {path.parent}` or {_REMAKE}"
             )
-    return expected_count, paths
+    return meta.examples, list(meta.shards)
 
 
 def load_split(
@@ -140,25 +244,34 @@ def load_split(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Read a split, checked against meta.json: uint8 images [n, 28, 28], labels [n].
 
-    With `parts` > 1, only the shard files part::parts (one worker's share).
+    Every shard read is first hashed against meta.json, so data changed after prepare (even
+    valid records with wrong labels) is refused before anything uses it. With `parts` > 1,
+    only the shard files part::parts (one worker's share) are read and checked.
     """
     directory = Path(directory)
-    expected_count, paths = split_shards(directory, split)
+    meta = split_meta(directory, split)
+    paths = list(meta.shards)
     if parts > len(paths):
         raise ValueError(
             f"{directory}: {len(paths)} {split} shard(s) for {parts} workers, expected at least "
             "one each; lower examples_per_shard in params.yaml and re-run `dvc repro prepare`"
         )
+    verify_shards({path: meta.shards[path] for path in paths[part::parts]})
     images, labels = read_arrays(paths[part::parts])
-    # A share's size is not in meta.json: only a whole split can be counted against it.
-    if parts == 1 and len(images) != expected_count:
-        raise ValueError(
-            f"{directory}: {len(images)} {split} examples, but meta.json says {expected_count}; "
-            "re-create them with `dvc repro -f prepare`"
-        )
     if len(labels) and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
         raise ValueError(
             f"{directory}: {split} labels range from {labels.min()} to {labels.max()}, "
-            f"expected 0..{NUM_CLASSES - 1}; re-create them with `dvc repro -f prepare`"
+            f"expected 0..{NUM_CLASSES - 1}; {_REMAKE}"
+        )
+    # A share's size is not in meta.json: only a whole split can be counted against it (a
+    # share's shards are covered by their hashes).
+    if parts == 1 and len(images) != meta.examples:
+        raise ValueError(
+            f"{directory}: {len(images)} {split} examples, but meta.json says {meta.examples}; "
+            f"{_REMAKE}"
+        )
+    if parts == 1 and np.bincount(labels, minlength=NUM_CLASSES).tolist() != meta.class_counts:
+        raise ValueError(
+            f"{directory}: the {split} labels' class counts differ from meta.json's; {_REMAKE}"
         )
     return images, labels

@@ -247,4 +247,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_stage(main, interrupted="the last finished epoch is kept; `dvc repro` resumes there")

@@ -31,8 +31,8 @@ def test_integer_learning_rate_is_a_float(tmp_path):
 @pytest.mark.parametrize(
     ("key", "value", "message"),
     [
-        ("epochs", -1, "epochs: got -1, expected an integer > 0"),
-        ("epochs", 0, "epochs: got 0, expected an integer > 0"),
+        ("epochs", -1, "epochs: got -1, expected an integer from 1 to 10,000"),
+        ("epochs", 0, "epochs: got 0, expected an integer from 1 to 10,000"),
         ("epochs", 2.5, "epochs: got 2.5"),
         ("epochs", True, "epochs: got True"),
         ("batch_size", 0, "batch_size: got 0"),
@@ -104,6 +104,7 @@ def test_stage_reports_bad_params_in_one_line(tmp_path):
     )
     assert result.returncode == 1
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert errors == [f"error: {params}: validation_size: got -5, expected an integer > 0"]
+    expected = "validation_size: got -5, expected an integer from 1 to 1,000,000,000"
+    assert errors == [f"error: {params}: {expected}"]
     assert "Traceback" not in result.stderr
     assert not out.exists()

@@ -2,6 +2,9 @@
 
 import ast
 import importlib
+import json
+import subprocess
+import sys
 
 import pytest
 import yaml
@@ -9,7 +12,7 @@ import yaml
 from tests.conftest import DEFAULT_PARAMS, REPO
 
 PIPELINE = yaml.safe_load((REPO / "dvc.yaml").read_text())
-STAGES = ("prepare", "train", "evaluate")
+STAGES = ("prepare", "train", "evaluate", "export")
 
 
 def stage_imports(module_name: str, seen: set[str] | None = None) -> set[str]:
@@ -55,3 +58,44 @@ def test_every_param_is_read_by_some_stage():
 def test_stage_commands_run_their_own_module():
     for stage in STAGES:
         assert PIPELINE["stages"][stage]["cmd"].startswith(f"python -m stages.{stage} ")
+
+
+def test_validate_runs_first_and_each_stage_depends_on_its_own_checked_params():
+    # validate checks params.yaml before DVC deletes any output; each stage depends on its
+    # own file, so it re-runs only when its own values change.
+    validate = PIPELINE["stages"]["validate"]
+    with_params = [name for name in STAGES if PIPELINE["stages"][name].get("params")]
+    modules = [f"stages/{name}.py" for name in with_params]
+    assert validate["cmd"].startswith("python -m stages.validate ")
+    assert validate["cmd"].split()[-len(modules) :] == modules
+    assert set(modules) <= set(validate["deps"])
+    assert validate["params"] == [{"params.yaml": None}]  # every key
+    for name in with_params:
+        assert f"data/params/{name}.json" in PIPELINE["stages"][name]["deps"]
+
+
+def test_validate_imports_no_tensorflow_and_writes_each_stages_values(tmp_path):
+    command = PIPELINE["stages"]["validate"]["cmd"].split()
+    command[command.index("data/params")] = str(tmp_path / "checked")
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", *command[1:]],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines()}
+    assert not {name for name in imported if name.startswith("tensorflow")}
+    for name in STAGES:
+        checked = json.loads((tmp_path / "checked" / f"{name}.json").read_text())
+        assert list(checked) == list(importlib.import_module(f"stages.{name}").PARAMS)
+        assert checked == {key: DEFAULT_PARAMS[key] for key in checked}
+
+
+def test_no_stage_imports_another_stage():
+    # Shared code lives in modules that are not stages (files, records, savedmodel, ...), so
+    # a change to one stage's script never re-runs another stage.
+    scripts = {f"stages.{name}" for name in (*STAGES, "predict")}
+    for script in scripts:
+        assert stage_imports(script) & scripts == {script}

@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 from stages import predict
-from stages.evaluate import load_classifier
 from stages.model import export_saved_model, tutorial_model
+from stages.savedmodel import load_classifier
 from tests.conftest import REPO
 from tests.test_pipeline_spec import stage_imports
 
@@ -170,9 +170,36 @@ def test_a_dim_grey_photo_still_counts_as_dark_ink_on_paper():
     assert np.mean(np.abs(converted.astype(int) - reference)) < 8
 
 
-def test_a_blank_page_gives_a_black_image():
-    converted = predict.to_mnist(np.full((50, 40), 200, np.uint8))
-    np.testing.assert_array_equal(converted, np.zeros((28, 28), np.uint8))
+@pytest.mark.parametrize(
+    "page",
+    [
+        np.full((50, 40), 200, np.uint8),  # white paper
+        np.zeros((28, 28), np.uint8),  # an empty MNIST-sized image
+        # Blank paper photographed: grain of a few levels, which a contrast stretch would
+        # otherwise blow up into "ink".
+        np.clip(np.random.default_rng(0).normal(180, 4, (120, 160)), 0, 255).astype(np.uint8),
+    ],
+)
+def test_a_blank_or_uniform_page_has_no_digit(page):
+    with pytest.raises(predict.NoDigitError, match="no digit found"):
+        predict.to_mnist(page)
+
+
+BLANK = "the image is blank or of one shade (contrast 0 of 255)"
+
+
+def test_predict_answers_no_digit_for_a_blank_page(trained, tmp_path, capsys):
+    model, images, _ = trained
+    Image.fromarray(np.full((60, 60), 255, np.uint8)).save(tmp_path / "blank.png")
+    Image.fromarray(images[3]).save(tmp_path / "digit.png")
+    code = predict.main(
+        ["--model", str(model), str(tmp_path / "blank.png"), str(tmp_path / "digit.png")]
+    )
+    captured = capsys.readouterr()
+    assert code == 1
+    errors = captured.err.splitlines()
+    assert errors == [f"error: {tmp_path / 'blank.png'}: no digit found: {BLANK}"]
+    assert [Path(line.split("\t")[0]).name for line in captured.out.splitlines()] == ["digit.png"]
 
 
 def test_a_drawing_on_a_transparent_background_is_read_as_on_white(tmp_path):

@@ -1,0 +1,146 @@
+"""export: the SavedModel -> a TFLite model for phones and microcontrollers, tested.
+
+Reads  models/mnist (the SavedModel, through TFLiteConverter.from_saved_model: the loader
+       that needs its variables in the graph, see stages/model.py Serving), data/prepared
+       (the test shards; for int8, the first training images to calibrate on), the params
+       in PARAMS.
+Writes models/mnist.tflite: serving_default as a TFLite signature (uint8 images [batch, 28,
+       28] -> logits, probabilities, classes), quantized as the `quantization` param says;
+       metrics/export.json: its accuracy on every test image beside the SavedModel's, and
+       its size. The latency per image is printed, not written: a wall-clock number in a
+       tracked file would change on every run and leave git dirty after `dvc repro`.
+Run    dvc repro export
+"""
+
+from __future__ import annotations
+
+import stages
+
+if __name__ == "__main__":  # the command line: before TensorFlow is imported below
+    stages.import_tensorflow_quietly()
+
+import argparse
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+# ai-edge-litert, not tf.lite.Interpreter: the latter warns that it is deprecated in TF 2.21
+# and will be removed; LiteRT is the maintained runtime with the same API, and the one a
+# device installs (a few MB, without TensorFlow), so the accuracy measured here is the
+# runtime's that ships.
+from ai_edge_litert.interpreter import Interpreter
+
+from stages import records
+from stages.files import atomic_output, run_stage, write_json
+from stages.params import dispatch_table, load_params
+from stages.savedmodel import load_classifier, predict
+
+PARAMS = ("quantization", "eval_batch_size")
+
+# int8 calibrates each layer's ranges on this many training images (TFLite's guide suggests
+# a few hundred); a constant, as the code is a dependency of the stage.
+CALIBRATION_IMAGES = 500
+# Latency: one image per call, as a device classifies, after a few calls of warm-up.
+LATENCY_IMAGES = 500
+WARMUP_CALLS = 20
+
+
+def quantize_float(converter: tf.lite.TFLiteConverter, data: Path) -> None:
+    """float32 weights and arithmetic: the SavedModel's numbers."""
+
+
+def quantize_dynamic_range(converter: tf.lite.TFLiteConverter, data: Path) -> None:
+    """int8 weights (a quarter of the size), float activations: no calibration data."""
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+
+
+def quantize_int8(converter: tf.lite.TFLiteConverter, data: Path) -> None:
+    """int8 weights and activations (integer-only accelerators), calibrated on training images."""
+    images, _ = records.load_split(data, "train")
+    calibration = images[:CALIBRATION_IMAGES]
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: ({"images": image[None]} for image in calibration)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+
+
+CONVERSIONS = dispatch_table(
+    "quantization",
+    float=quantize_float,
+    dynamic_range=quantize_dynamic_range,
+    int8=quantize_int8,
+)
+
+
+def convert(model: Path, data: Path, quantization: str) -> bytes:
+    """The SavedModel at `model` as a TFLite flatbuffer."""
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(model))
+    CONVERSIONS[quantization](converter, data)
+    with warnings.catch_warnings():
+        # int8 calibration runs TensorFlow's own tf.lite.Interpreter, which then warns that
+        # it is deprecated: not something this code or its user can change.
+        warnings.filterwarnings("ignore", r"\s*Warning: tf.lite.Interpreter is deprecated")
+        return converter.convert()
+
+
+def tflite_outputs(runner, images: np.ndarray, batch_size: int) -> dict[str, np.ndarray]:
+    """The TFLite signature's outputs for every image, in batches (the last may be short)."""
+    batches = [runner(images=images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
+    return {name: np.concatenate([batch[name] for batch in batches]) for name in batches[0]}
+
+
+def latency_ms(runner, images: np.ndarray) -> float:
+    """Median milliseconds of one call on one image."""
+    for image in images[:WARMUP_CALLS]:
+        runner(images=image[None])
+    seconds = []
+    for image in images[:LATENCY_IMAGES]:
+        start = time.perf_counter()
+        runner(images=image[None])
+        seconds.append(time.perf_counter() - start)
+    return 1000 * float(np.median(seconds))
+
+
+def export(model: Path, data: Path, tflite: Path, params: dict) -> tuple[dict, float]:
+    """Convert, write `tflite` and test it; returns its metrics and its latency per image."""
+    classifier = load_classifier(model)  # a missing or foreign model: one line, first
+    content = convert(model, data, params["quantization"])
+    with atomic_output(tflite) as temporary:
+        temporary.write_bytes(content)
+    runner = Interpreter(model_content=content).get_signature_runner("serving_default")
+    images, labels = records.load_split(data, "test")
+    classes = tflite_outputs(runner, images, params["eval_batch_size"])["classes"]
+    savedmodel = predict(classifier, images, params["eval_batch_size"])["classes"]
+    metrics = {
+        "quantization": params["quantization"],
+        "accuracy": float(np.mean(classes == labels)),
+        "savedmodel_accuracy": float(np.mean(savedmodel == labels)),
+        "agreement_with_savedmodel": float(np.mean(classes == savedmodel)),
+        "examples": len(labels),
+        "size_bytes": len(content),
+    }
+    return metrics, latency_ms(runner, images)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model", type=Path, help="the SavedModel directory")
+    parser.add_argument("data", type=Path, help="directory of the prepared TFRecords")
+    parser.add_argument("tflite", type=Path, help="where to write the TFLite model")
+    parser.add_argument("metrics", type=Path, help="where to write the export metrics JSON")
+    parser.add_argument("--params", default="params.yaml", help="(default: %(default)s)")
+    arguments = parser.parse_args()
+    params = load_params(PARAMS, arguments.params)
+    metrics, latency = export(arguments.model, arguments.data, arguments.tflite, params)
+    print(
+        f"export: {metrics['quantization']} TFLite model, {metrics['size_bytes']:,} bytes, "
+        f"test accuracy {metrics['accuracy']:.4f} (SavedModel {metrics['savedmodel_accuracy']:.4f})"
+        f", {latency:.3f} ms per image (one per call; not recorded: wall-clock)"
+    )
+    write_json(arguments.metrics, metrics)
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,203 @@
+"""The SavedModel in the tools that deploy it, the export stage, and byte-identical saves.
+
+One tiny model trained on synthetic digits serves every test; each consumer's answers are
+compared with the model's own (a converted model without its weights answers NaN or zeros).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from ai_edge_litert.interpreter import Interpreter
+
+from stages import export
+from stages.model import build_model, export_saved_model
+from stages.prepare import prepare
+from stages.records import load_split
+from stages.savedmodel import load_classifier, predict
+from tests.conftest import synthetic_arrays, write_params, write_raw
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[keras.Model, Path, Path]:
+    """A tutorial model fitted on synthetic digits, its SavedModel and the prepared data."""
+    directory = tmp_path_factory.mktemp("export")
+    raw, checksums = write_raw(directory / "raw", synthetic_arrays())
+    data = directory / "prepared"
+    prepare(
+        raw,
+        checksums,
+        data,
+        {"seed": 0, "validation_size": 40, "max_train_examples": None, "examples_per_shard": 64},
+    )
+    images, labels = load_split(data, "train")
+    keras.utils.set_random_seed(0)
+    model = build_model("tutorial")
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-3),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        jit_compile=False,
+    )
+    model.fit(images, labels, batch_size=50, epochs=3, verbose=0)
+    export_saved_model(model, directory / "model")
+    return model, directory / "model", data
+
+
+@pytest.fixture(scope="module")
+def test_split(trained) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The synthetic test images, their labels and the Keras model's logits."""
+    model, _, data = trained
+    images, labels = load_split(data, "test")
+    logits = model(images, training=False).numpy()
+    assert np.mean(logits.argmax(axis=1) == labels) > 0.9  # learnt, so classes mean something
+    return images, labels, logits
+
+
+def test_saved_model_cli_run_prints_the_right_classes(trained, test_split, tmp_path):
+    # TensorFlow's own CLI loads through the graph loader that TensorFlow Serving shares.
+    _, model_dir, _ = trained
+    images, _, logits = test_split
+    np.save(tmp_path / "images.npy", images[:12])
+    command = [
+        *(sys.executable, "-m", "tensorflow.python.tools.saved_model_cli", "run"),
+        *("--dir", str(model_dir), "--tag_set", "serve", "--signature_def", "serving_default"),
+        *("--inputs", f"images={tmp_path / 'images.npy'}"),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    printed = re.search(r"Result for output key classes:\s*\[([\d\s]+)\]", result.stdout)
+    assert printed, result.stdout[-2000:]
+    classes = np.array(printed[1].split(), dtype=int)
+    np.testing.assert_array_equal(classes, logits[:12].argmax(axis=1))
+
+
+def tflite_logits(content: bytes, images: np.ndarray) -> dict[str, np.ndarray]:
+    runner = Interpreter(model_content=content).get_signature_runner("serving_default")
+    return export.tflite_outputs(runner, images, batch_size=25)
+
+
+def test_tflite_float_model_holds_the_weights_and_answers_as_the_savedmodel(trained, test_split):
+    _, model_dir, data = trained
+    images, _, logits = test_split
+    content = export.convert(model_dir, data, "float")
+    outputs = tflite_logits(content, images)
+    # A model converted without its weights reads uninitialised variables: NaN logits.
+    np.testing.assert_allclose(outputs["logits"], logits, rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(outputs["classes"], logits.argmax(axis=1))
+    weights = sum(int(np.prod(v.shape)) for v in trained[0].weights) * 4
+    assert len(content) > weights  # the float32 weights are inside
+
+
+def test_quantized_tflite_models_keep_the_answers(trained, test_split):
+    _, model_dir, data = trained
+    images, _, logits = test_split
+    float_bytes = sum(variable.numpy().nbytes for variable in trained[0].weights)
+    for quantization in ("dynamic_range", "int8"):
+        content = export.convert(model_dir, data, quantization)
+        outputs = tflite_logits(content, images)
+        assert np.mean(outputs["classes"] == logits.argmax(axis=1)) >= 0.95, quantization
+        # int8 weights: about a quarter of the float32 weights' bytes.
+        assert len(content) < 0.3 * float_bytes, quantization
+
+
+def test_keras_tfsm_layer_loads_it(trained, test_split):
+    _, model_dir, _ = trained
+    images, _, logits = test_split
+    layer = keras.layers.TFSMLayer(str(model_dir), call_endpoint="serving_default")
+    outputs = layer(images)
+    np.testing.assert_allclose(outputs["logits"].numpy(), logits, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        outputs["probabilities"].numpy(), tf.nn.softmax(logits).numpy(), rtol=1e-5, atol=1e-6
+    )
+
+
+def test_tf2onnx_converts_it_and_onnxruntime_agrees(trained, test_split):
+    try:
+        from tf2onnx import convert, tf_loader
+    except ImportError as error:  # tf2onnx pins old versions of its dependencies
+        pytest.skip(f"tf2onnx does not import here ({error})")
+    onnxruntime = pytest.importorskip("onnxruntime")
+    _, model_dir, _ = trained
+    images, _, logits = test_split
+    # What `python -m tf2onnx.convert --saved-model DIR --output model.onnx` does.
+    graph_def, inputs, outputs, renames = tf_loader.from_saved_model(
+        str(model_dir), None, None, "serve", ["serving_default"], return_tensors_to_rename=True
+    )
+    proto, _ = convert.from_graph_def(
+        graph_def, input_names=inputs, output_names=outputs, tensors_to_rename=renames
+    )
+    session = onnxruntime.InferenceSession(
+        proto.SerializeToString(), providers=["CPUExecutionProvider"]
+    )
+    (logits_onnx,) = session.run(["logits"], {"images": images})
+    np.testing.assert_allclose(logits_onnx, logits, rtol=1e-4, atol=1e-4)
+
+
+def test_export_stage_writes_the_model_and_its_metrics(trained, tmp_path, monkeypatch, capsys):
+    _, model_dir, data = trained
+    params = write_params(tmp_path / "params.yaml", quantization="dynamic_range")
+    tflite, metrics_path = tmp_path / "models" / "mnist.tflite", tmp_path / "export.json"
+    arguments = [str(model_dir), str(data), str(tflite), str(metrics_path), "--params", str(params)]
+    monkeypatch.setattr(sys, "argv", ["export", *arguments])
+    export.main()
+    metrics = json.loads(metrics_path.read_text())
+    saved = predict(load_classifier(model_dir), load_split(data, "test")[0], 1000)["classes"]
+    labels = load_split(data, "test")[1]
+    assert metrics["savedmodel_accuracy"] == pytest.approx(np.mean(saved == labels))
+    assert abs(metrics["accuracy"] - metrics["savedmodel_accuracy"]) <= 0.02
+    assert metrics["size_bytes"] == tflite.stat().st_size
+    assert metrics["examples"] == len(labels)
+    assert metrics["quantization"] == "dynamic_range"
+    # Wall-clock numbers are printed, never written to the tracked file.
+    assert "ms per image" in capsys.readouterr().out
+    assert not any("latency" in key or "seconds" in key for key in metrics)
+    assert sorted(path.name for path in tflite.parent.iterdir()) == ["mnist.tflite"]
+
+
+def test_export_refuses_an_unknown_quantization_in_one_line(trained, tmp_path, monkeypatch):
+    _, model_dir, data = trained
+    params = write_params(tmp_path / "params.yaml", quantization="int4")
+    tflite = tmp_path / "mnist.tflite"
+    arguments = [str(model_dir), str(data), str(tflite), str(tmp_path / "m.json")]
+    monkeypatch.setattr(sys, "argv", ["export", *arguments, "--params", str(params)])
+    with pytest.raises(ValueError, match="quantization: got 'int4', expected one of float"):
+        export.main()
+    assert not tflite.exists()
+
+
+def test_the_same_weights_give_the_same_bytes(trained, tmp_path):
+    # dvc.lock records the hash of models/mnist: a forced re-run must not change it.
+    model = trained[0]
+    # A second model object with the same weights: its variables are other objects (their
+    # order in a traced function's set differs), and this process has traced more since.
+    twin = keras.models.clone_model(model)
+    twin.set_weights(model.get_weights())
+    export_saved_model(model, tmp_path / "first")
+    export_saved_model(twin, tmp_path / "second")
+    first, second = (files(tmp_path / name) for name in ("first", "second"))
+    assert {"saved_model.pb", "fingerprint.pb", "variables/variables.index"} <= set(first)
+    assert first.keys() == second.keys()
+    for name in first:
+        assert first[name] == second[name], f"{name} differs"
+    # So is the TFLite model, whose hash dvc.lock records too.
+    data = trained[2]
+    tflite = [
+        export.convert(tmp_path / name, data, "dynamic_range") for name in ("first", "second")
+    ]
+    assert tflite[0] == tflite[1]
+
+
+def files(directory: Path) -> dict[str, bytes]:
+    return {
+        str(path.relative_to(directory)): path.read_bytes()
+        for path in directory.rglob("*")
+        if path.is_file()
+    }
