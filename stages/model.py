@@ -16,6 +16,7 @@ from keras import layers
 from tensorflow.core.protobuf import fingerprint_pb2, saved_model_pb2
 from tensorflow.python.saved_model.pywrap_saved_model import fingerprinting
 
+from stages.params import dispatch_table
 from stages.records import IMAGE_SIZE, NUM_CLASSES
 
 
@@ -85,7 +86,8 @@ def convnet_model() -> keras.Model:
     return keras.Model(images, layers.Dense(NUM_CLASSES)(x), name="convnet")
 
 
-MODELS = {"tutorial": tutorial_model, "convnet": convnet_model}
+# The `model` param's choices (params.MODELS) and what builds each one.
+MODELS = dispatch_table("model", tutorial=tutorial_model, convnet=convnet_model)
 
 
 def build_model(name: str) -> keras.Model:

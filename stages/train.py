@@ -3,8 +3,9 @@
 Reads  data/prepared (train and validation shards, meta.json); the params in PARAMS.
 Writes models/mnist: a SavedModel whose serving_default takes uint8 images [batch, 28, 28]
        and returns logits, probabilities and classes;
-       metrics/train.json: final train and validation loss and accuracy;
-       metrics/train_history.tsv: one row per epoch, drawn by `dvc plots show`.
+       metrics/train: DVCLive's files, rewritten after every epoch (so `dvc exp show` and
+       `dvc metrics show` follow a running experiment): metrics.json holds the last epoch's
+       train and validation loss and accuracy, plots/metrics/ one TSV per metric.
 Keeps  .checkpoints/<key>/: the last finished epoch, so a killed run resumes there
        (stages/checkpoints.py); removed once the model is written. Under `multi_worker`
        only the chief writes the outputs.
@@ -19,9 +20,9 @@ if __name__ == "__main__":  # the command line: before TensorFlow is imported be
     stages.import_tensorflow_quietly()
 
 import argparse
-import csv
 import functools
 import math
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -33,8 +34,9 @@ import tensorflow as tf
 
 from stages import records
 from stages.checkpoints import Checkpoints, open_checkpoints
-from stages.files import atomic_output, run_stage, write_json
+from stages.files import atomic_output, run_stage
 from stages.loop import (
+    SCHEDULES,
     Trainer,
     distribute_train_dataset,
     make_eval_dataset,
@@ -42,8 +44,8 @@ from stages.loop import (
     supports_xla,
 )
 from stages.model import build_model, export_saved_model
-from stages.params import check_train_params, dispatch_table, load_params
-from stages.progress import Progress
+from stages.params import check_train_params, load_params
+from stages.progress import Progress, log_epoch, open_live
 from stages.records import NUM_CLASSES
 
 PARAMS = (
@@ -59,32 +61,15 @@ PARAMS = (
     "distribute",
     "eval_batch_size",
 )
-HISTORY_COLUMNS = (
-    "epoch",
-    "train_loss",
-    "train_accuracy",
-    "validation_loss",
-    "validation_accuracy",
-    "learning_rate",
-)
-
 # Runaway training stops when the mean loss of the epoch so far is not finite or exceeds 10x
-# an untrained model's: uniform logits over 10 classes cost ln(10) = 2.30 per example. On
-# MNIST, healthy runs of both models at learning rates 0.001-0.01 peak at 3.4 (the first
-# group of steps of the tutorial model at 0.01) and fall from there; runaway ones
-# (learning_rate 1000) reach 1e3-1e12 within their first steps. README, What can go wrong.
+# an untrained model's: uniform logits over 10 classes cost ln(10) = 2.30 per example, and
+# a mean above 23 needs the true class at odds below 1e-10 on average: confidently wrong.
+# Measured on MNIST (batch 32, checked every 4 steps as run_epoch does), healthy runs peak
+# at their first check and fall from there: tutorial model at learning_rate 0.001, 0.003,
+# 0.01: 2.13, 2.13, 3.37; convnet: 2.53, 2.30, 2.30; even the tutorial model at 0.03
+# peaks at 10.1 and trains (0.72 over 400 steps). At learning_rate 1000: 4.5e13 at once.
 UNTRAINED_LOSS = math.log(NUM_CLASSES)
 RUNAWAY_LOSS = 10 * UNTRAINED_LOSS
-
-# The `learning_rate_schedule` param's choices: Adam's learning rate, given the initial one
-# and the number of steps of the whole run.
-SCHEDULES = dispatch_table(
-    "learning_rate_schedule",
-    constant=lambda learning_rate, total_steps: learning_rate,
-    cosine=lambda learning_rate, total_steps: keras.optimizers.schedules.CosineDecay(
-        learning_rate, decay_steps=total_steps
-    ),
-)
 
 
 def load_training_shards(data_dir: Path, part: int, parts: int) -> tuple[np.ndarray, np.ndarray]:
@@ -93,6 +78,10 @@ def load_training_shards(data_dir: Path, part: int, parts: int) -> tuple[np.ndar
     if parts > 1:
         print(f"train: worker {part} of {parts}: {len(images)} examples from its training shards")
     return images, labels
+
+
+class RunawayTrainingError(ValueError):
+    """The loss ran away (see RUNAWAY_LOSS): a learning rate too high for this model."""
 
 
 def run_epoch(
@@ -104,12 +93,60 @@ def run_epoch(
         trainer.run_steps(iterator)
         loss = float(trainer.train_loss.result())  # the mean over this epoch's steps so far
         if not loss <= RUNAWAY_LOSS:  # nan too
-            raise ValueError(
+            raise RunawayTrainingError(
                 f"params.yaml: learning_rate: training ran away in {progress.description}: "
                 f"mean loss {loss:.3g} over its first {done} steps, where an untrained model's "
                 f"is {UNTRAINED_LOSS:.2f}; lower learning_rate"
             )
         progress.update(done, loss)
+
+
+def train_epoch(
+    trainer: Trainer,
+    dataset: tf.distribute.DistributedDataset,
+    steps: int,
+    description: str,
+    validation: tf.data.Dataset,
+) -> dict:
+    """Train one epoch, validate, print the epoch's line; return its row of the history."""
+    trainer.reset_metrics()
+    start = time.perf_counter()
+    progress = Progress(steps, description)
+    try:
+        run_epoch(trainer, dataset, steps, progress)
+    finally:
+        progress.close()
+    seconds = time.perf_counter() - start  # printed only: no wall-clock time in the metrics
+    validation_loss, validation_accuracy = trainer.evaluate(validation)
+    row = {
+        "train_loss": float(trainer.train_loss.result()),
+        "train_accuracy": float(trainer.train_accuracy.result()),
+        "validation_loss": validation_loss,
+        "validation_accuracy": validation_accuracy,
+        # Where a schedule has brought it by the end of the epoch. (Through a tensor: under
+        # `mirrored` it is a MirroredVariable, which float() refuses.)
+        "learning_rate": float(tf.convert_to_tensor(trainer.optimizer.learning_rate)),
+    }
+    print(
+        f"{description}  train loss {row['train_loss']:.4f} "
+        f"accuracy {row['train_accuracy']:.4f}  validation loss {row['validation_loss']:.4f}"
+        f" accuracy {row['validation_accuracy']:.4f}  {seconds:.1f} s  "
+        f"{steps * trainer.global_batch_size / seconds:.0f} examples/s",
+        flush=True,
+    )
+    return row
+
+
+def steps_per_epoch(data_dir: Path, params: dict, replicas: int) -> int:
+    """Full batches per epoch in whole groups of steps_per_execution, once params are checked.
+
+    At most steps_per_execution - 1 full batches are left out of each epoch (a different few
+    each epoch, as the order is shuffled): no partial group, so one compiled program.
+    """
+    train_examples, _ = records.split_shards(data_dir, "train")
+    check_train_params(params, train_examples, replicas)
+    group = params["steps_per_execution"]
+    return train_examples // params["batch_size"] // group * group
 
 
 def build_trainer(params: dict, strategy: tf.distribute.Strategy, steps: int) -> Trainer:
@@ -130,21 +167,6 @@ def build_trainer(params: dict, strategy: tf.distribute.Strategy, steps: int) ->
         )
 
 
-def epoch_summary(trainer: Trainer, epoch: int, validation: tf.data.Dataset) -> dict:
-    """The epoch's row of the history: its train metrics, then a validation pass."""
-    validation_loss, validation_accuracy = trainer.evaluate(validation)
-    return {
-        "epoch": epoch,
-        "train_loss": float(trainer.train_loss.result()),
-        "train_accuracy": float(trainer.train_accuracy.result()),
-        "validation_loss": validation_loss,
-        "validation_accuracy": validation_accuracy,
-        # Where a schedule has brought it by the end of the epoch. (Through a tensor: under
-        # `mirrored` it is a MirroredVariable, which float() refuses.)
-        "learning_rate": float(tf.convert_to_tensor(trainer.optimizer.learning_rate)),
-    }
-
-
 @dataclass
 class TrainingRun:
     """What train() leaves: the trained model's trainer, the history, the checkpoints."""
@@ -153,31 +175,20 @@ class TrainingRun:
     history: list[dict]
     checkpoints: Checkpoints
 
-    @property
-    def metrics(self) -> dict:
-        """The last epoch's train and validation metrics."""
-        final = self.history[-1]
-        return {
-            "train": {"loss": final["train_loss"], "accuracy": final["train_accuracy"]},
-            "validation": {
-                "loss": final["validation_loss"],
-                "accuracy": final["validation_accuracy"],
-            },
-        }
 
+def train(
+    data_dir: Path, params: dict, checkpoint_root: Path, live_dir: Path | None = None
+) -> TrainingRun:
+    """Train on the prepared data, resuming from this run's checkpoint if there is one.
 
-def train(data_dir: Path, params: dict, checkpoint_root: Path) -> TrainingRun:
-    """Train on the prepared data, resuming from this run's checkpoint if there is one."""
+    With `live_dir`, the chief logs every epoch there through DVCLive; a resumed run first
+    logs the epochs it restored, so its files are the same as an uninterrupted run's.
+    """
     keras.utils.set_random_seed(params["seed"])
     if params["deterministic"]:
         tf.config.experimental.enable_op_determinism()
     strategy = make_strategy(params["distribute"])
-    train_examples, _ = records.split_shards(data_dir, "train")
-    check_train_params(params, train_examples, strategy.num_replicas_in_sync)
-    # Whole groups of steps: at most steps_per_execution - 1 full batches are left out of
-    # each epoch (a different few each epoch, as the order is shuffled).
-    steps = train_examples // params["batch_size"] // params["steps_per_execution"]
-    steps *= params["steps_per_execution"]
+    steps = steps_per_epoch(data_dir, params, strategy.num_replicas_in_sync)
     # Each worker's share of the training shards, decoded once for every epoch.
     load_shards = functools.cache(functools.partial(load_training_shards, data_dir))
     validation = make_eval_dataset(
@@ -188,48 +199,33 @@ def train(data_dir: Path, params: dict, checkpoint_root: Path) -> TrainingRun:
     history = checkpoints.restore()
     if history:
         print(f"train: resuming after epoch {len(history)} from {checkpoints.directory}")
+    live = open_live(live_dir) if live_dir and trainer.is_chief else None
     epochs = params["epochs"]
-    for epoch in range(len(history) + 1, epochs + 1):
-        trainer.reset_metrics()
-        dataset = distribute_train_dataset(
-            strategy, load_shards, params["batch_size"], params["seed"] + epoch
-        )
-        start = time.perf_counter()
-        progress = Progress(steps, f"epoch {epoch}/{epochs}")
-        try:
-            run_epoch(trainer, dataset, steps, progress)
-        except ValueError:
+    try:
+        for row in history:  # restored: the same files as an uninterrupted run
+            log_epoch(live, row)
+        for epoch in range(len(history) + 1, epochs + 1):
+            dataset = distribute_train_dataset(
+                strategy, load_shards, params["batch_size"], params["seed"] + epoch
+            )
+            row = train_epoch(trainer, dataset, steps, f"epoch {epoch}/{epochs}", validation)
+            history.append({"epoch": epoch, **row})
+            log_epoch(live, history[-1])
+            checkpoints.save(history)
+    except BaseException as error:
+        if live is not None:  # no metrics from a run that did not finish
+            shutil.rmtree(live_dir, ignore_errors=True)
+        if isinstance(error, RunawayTrainingError):
             checkpoints.remove()  # it would run away again: nothing to resume
-            raise
-        finally:
-            progress.close()
-        seconds = time.perf_counter() - start
-        history.append(epoch_summary(trainer, epoch, validation))
-        row = history[-1]
-        print(
-            f"epoch {epoch}/{epochs}  train loss {row['train_loss']:.4f} "
-            f"accuracy {row['train_accuracy']:.4f}  validation loss {row['validation_loss']:.4f}"
-            f" accuracy {row['validation_accuracy']:.4f}  {seconds:.1f} s  "
-            f"{steps * params['batch_size'] / seconds:.0f} examples/s",
-            flush=True,
-        )
-        checkpoints.save(history)
+        raise
     return TrainingRun(trainer, history, checkpoints)
-
-
-def write_history(path: Path, history: list[dict]) -> None:
-    with atomic_output(path) as temporary, temporary.open("w", newline="") as file:
-        writer = csv.DictWriter(file, HISTORY_COLUMNS, delimiter="\t", lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(history)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data", type=Path, help="directory of the prepared TFRecords")
     parser.add_argument("model", type=Path, help="where to write the SavedModel")
-    parser.add_argument("metrics", type=Path, help="where to write the final metrics JSON")
-    parser.add_argument("history", type=Path, help="where to write the per-epoch TSV")
+    parser.add_argument("metrics", type=Path, help="DVCLive's folder for the metrics and plots")
     parser.add_argument(
         "--checkpoints",
         type=Path,
@@ -239,12 +235,10 @@ def main() -> None:
     parser.add_argument("--params", default="params.yaml", help="(default: %(default)s)")
     arguments = parser.parse_args()
     params = load_params(PARAMS, arguments.params)
-    run = train(arguments.data, params, arguments.checkpoints)
+    run = train(arguments.data, params, arguments.checkpoints, arguments.metrics)
     if run.trainer.is_chief:
         with atomic_output(arguments.model) as temporary:
             export_saved_model(run.trainer.model, temporary)
-        write_json(arguments.metrics, run.metrics)
-        write_history(arguments.history, run.history)
     else:
         # Every worker takes part in the (collective) export; only the chief's is kept.
         with tempfile.TemporaryDirectory() as scratch:
@@ -253,4 +247,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_stage(main, interrupted="the last finished epoch is kept; `dvc repro` resumes there")

@@ -68,11 +68,13 @@ def make_project(root: Path, **params) -> dict:
 
 
 def results(root: Path) -> dict:
-    """Every metrics file of `root`, less the wall-clock timings that vary between runs."""
-    files = {path.name: path.read_bytes() for path in (root / "metrics").iterdir()}
-    training = json.loads(files.pop("train.json"))
-    training.pop("timing")
-    return {**files, "train.json": training}
+    """Every metrics file of `root` (none holds a wall-clock time), by path."""
+    metrics = root / "metrics"
+    return {
+        path.relative_to(metrics).as_posix(): path.read_bytes()
+        for path in sorted(metrics.rglob("*"))
+        if path.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -94,10 +96,11 @@ def test_repro_runs_every_stage_and_writes_the_outputs(project):
     per_class = json.loads((root / "metrics/per_class.json").read_text())
     assert [row["digit"] for row in per_class] == [str(digit) for digit in range(10)]
     assert sum(row["examples"] for row in per_class) == 10_000
-    training = json.loads((root / "metrics/train.json").read_text())
-    assert training["validation"]["accuracy"] > 0.8
-    history = list(csv.DictReader((root / "metrics/train_history.tsv").open(), delimiter="\t"))
-    assert [row["epoch"] for row in history] == ["1", "2"]
+    training = json.loads((root / "metrics/train/metrics.json").read_text())
+    assert training["validation"]["accuracy"] > 0.8 and training["step"] == 2
+    losses = (root / "metrics/train/plots/metrics/validation/loss.tsv").open()
+    history = list(csv.DictReader(losses, delimiter="\t"))
+    assert [row["step"] for row in history] == ["1", "2"]
     assert len((root / "metrics/confusion.csv").read_text().splitlines()) == 10_001
     assert not (root / ".checkpoints").exists() or not any((root / ".checkpoints").iterdir())
 

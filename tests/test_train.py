@@ -6,6 +6,8 @@ as plain TensorFlow graphs, which start in a fraction of the time.
 
 import errno
 import io
+import json
+import os
 import subprocess
 import sys
 
@@ -18,10 +20,10 @@ from stages import params as params_module
 from stages import train as train_stage
 from stages.checkpoints import checkpoint_key
 from stages.evaluate import load_classifier
-from stages.loop import STRATEGIES, Trainer, make_eval_dataset, make_train_dataset
+from stages.loop import SCHEDULES, STRATEGIES, Trainer, make_eval_dataset, make_train_dataset
 from stages.model import MODELS, RandomShift, build_model, export_saved_model
 from stages.params import check_train_params, dispatch_table
-from stages.progress import Progress
+from stages.progress import Progress, open_live
 from tests.conftest import DEFAULT_PARAMS, REPO, synthetic_arrays, write_params
 
 # 200 training examples in batches of 16: 12 full batches, 6 groups of 2 steps per epoch.
@@ -68,7 +70,7 @@ def test_models_map_uint8_images_to_ten_logits(name):
 def test_choices_are_listed_once_and_dispatched_on_the_same_names():
     assert tuple(MODELS) == params_module.MODELS
     assert tuple(STRATEGIES) == params_module.STRATEGIES
-    assert tuple(train_stage.SCHEDULES) == params_module.SCHEDULES
+    assert tuple(SCHEDULES) == params_module.SCHEDULES
     with pytest.raises(RuntimeError, match="model: params.py lists"):
         dispatch_table("model", tutorial=None)
 
@@ -76,12 +78,12 @@ def test_choices_are_listed_once_and_dispatched_on_the_same_names():
 @pytest.mark.parametrize("model", ["tutorial", "convnet"])
 def test_loss_falls_on_a_repeated_batch(model):
     arrays = synthetic_arrays(train=16)
-    trainer = make_trainer(model=model, steps_per_execution=5)
+    trainer = make_trainer(model=model, steps_per_execution=2)
     dataset = tf.data.Dataset.from_tensors((arrays["x_train"], arrays["y_train"])).repeat()
-    losses = group_losses(trainer, iter(dataset), calls=6)
+    losses = group_losses(trainer, iter(dataset), calls=10)
     assert losses[-1] < 0.5 * losses[0]
     assert trainer.compiled_train_steps.experimental_get_tracing_count() == 1
-    assert int(trainer.optimizer.iterations) == 30
+    assert int(trainer.optimizer.iterations) == 20
 
 
 @pytest.mark.parametrize("jit_compile", [False, True])
@@ -127,11 +129,11 @@ def test_random_shift_moves_each_image_by_at_most_its_pixels():
 
 
 def test_cosine_schedule_decays_to_zero_over_the_whole_run():
-    schedule = train_stage.SCHEDULES["cosine"](0.01, 100)
+    schedule = SCHEDULES["cosine"](0.01, 100)
     assert float(schedule(0)) == pytest.approx(0.01)
     assert float(schedule(50)) == pytest.approx(0.005)
     assert float(schedule(100)) == pytest.approx(0.0, abs=1e-9)
-    assert train_stage.SCHEDULES["constant"](0.01, 100) == 0.01
+    assert SCHEDULES["constant"](0.01, 100) == 0.01
 
 
 def test_evaluation_counts_every_example_once_despite_padding():
@@ -187,11 +189,11 @@ def test_train_learns_and_is_deterministic(prepared, tmp_path):
     run = train_stage.train(prepared, TINY, tmp_path / "checkpoints")
     assert [row["epoch"] for row in run.history] == [1, 2]
     assert run.history[-1]["train_loss"] < run.history[0]["train_loss"]
-    assert run.metrics["validation"]["accuracy"] > 0.5  # 10 classes: chance is 0.1
+    assert run.history[-1]["validation_accuracy"] > 0.5  # 10 classes: chance is 0.1
     # Whole groups of 2 steps: 12 full batches per epoch, all of them used.
     assert int(run.trainer.optimizer.iterations) == 2 * 12
     again = train_stage.train(prepared, TINY, tmp_path / "other")
-    assert again.history == run.history and again.metrics == run.metrics
+    assert again.history == run.history
 
 
 def test_an_epoch_is_whole_groups_and_the_cosine_schedule_ends_at_zero(prepared, tmp_path):
@@ -204,26 +206,53 @@ def test_an_epoch_is_whole_groups_and_the_cosine_schedule_ends_at_zero(prepared,
     assert learning_rates[1] == pytest.approx(0.0, abs=1e-9)
 
 
-def test_a_crashed_run_resumes_at_its_last_epoch(prepared, tmp_path, monkeypatch, capsys):
+def live_files(directory):
+    return {
+        path.relative_to(directory).as_posix(): path.read_text()
+        for path in sorted(directory.rglob("*"))
+        if path.is_file()
+    }
+
+
+def test_a_crashed_run_resumes_at_its_last_epoch_with_the_same_dvclive_files(
+    prepared, tmp_path, monkeypatch, capsys
+):
     params = {**TINY, "epochs": 3}
-    uninterrupted = train_stage.train(prepared, params, tmp_path / "a")
+    uninterrupted = train_stage.train(prepared, params, tmp_path / "a", tmp_path / "live-a")
+    expected = live_files(tmp_path / "live-a")
+    summary = json.loads(expected["metrics.json"])
+    assert summary["step"] == 3
+    assert summary["validation"]["accuracy"] == uninterrupted.history[-1]["validation_accuracy"]
+    assert summary.keys() == {"step", "train", "validation"}  # the learning rate: a plot
+    assert expected["plots/metrics/learning_rate.tsv"].startswith("step\tlearning_rate\n1\t")
+    rows = expected["plots/metrics/train/loss.tsv"].splitlines()
+    assert rows[0] == "step\tloss" and [row.split("\t")[0] for row in rows[1:]] == ["1", "2", "3"]
     real_run_epoch = train_stage.run_epoch
 
     def crash_in_epoch_3(trainer, dataset, steps, progress):
-        if len(list((tmp_path / "b").rglob("ckpt-2.index"))):
+        if progress.description.startswith("epoch 3/"):
             raise KeyboardInterrupt  # stands for the process being killed
         real_run_epoch(trainer, dataset, steps, progress)
 
     monkeypatch.setattr(train_stage, "run_epoch", crash_in_epoch_3)
     with pytest.raises(KeyboardInterrupt):
-        train_stage.train(prepared, params, tmp_path / "b")
+        train_stage.train(prepared, params, tmp_path / "b", tmp_path / "live-b")
+    assert not (tmp_path / "live-b").exists()  # no metrics from an unfinished run
     monkeypatch.setattr(train_stage, "run_epoch", real_run_epoch)
-    resumed = train_stage.train(prepared, params, tmp_path / "b")
+    resumed = train_stage.train(prepared, params, tmp_path / "b", tmp_path / "live-b")
     assert "resuming after epoch 2" in capsys.readouterr().out
     assert resumed.history == uninterrupted.history
-    assert resumed.metrics == uninterrupted.metrics
+    assert live_files(tmp_path / "live-b") == expected
     resumed.checkpoints.remove()
     assert not resumed.checkpoints.directory.exists()
+
+
+def test_dvclive_stays_offline_without_a_studio_token(tmp_path, monkeypatch):
+    monkeypatch.delenv("DVC_STUDIO_TOKEN", raising=False)
+    monkeypatch.delenv("DVC_STUDIO_OFFLINE", raising=False)
+    live = open_live(tmp_path / "live")
+    assert os.environ["DVC_STUDIO_OFFLINE"] == "true"
+    assert live._studio_events_to_skip == {"start", "data", "done"}  # nothing is posted
 
 
 def test_the_checkpoint_key_changes_with_every_param_and_the_data(prepared):
@@ -273,29 +302,13 @@ def test_a_stage_command_prints_no_tensorflow_start_up_notices():
     assert result.stderr == "" and result.stdout.startswith("usage:")
 
 
-def test_history_file_is_a_tsv_with_one_row_per_epoch(tmp_path):
-    history = [
-        {
-            "epoch": 1,
-            "train_loss": 0.5,
-            "train_accuracy": 0.8,
-            "validation_loss": 0.6,
-            "validation_accuracy": 0.75,
-            "learning_rate": 0.001,
-        }
-    ]
-    train_stage.write_history(tmp_path / "history.tsv", history)
-    lines = (tmp_path / "history.tsv").read_text().splitlines()
-    assert lines == ["\t".join(train_stage.HISTORY_COLUMNS), "1\t0.5\t0.8\t0.6\t0.75\t0.001"]
-
-
 def test_runaway_training_stops_naming_learning_rate_and_writes_nothing(
     prepared, tmp_path, monkeypatch
 ):
     params = tmp_path / "params.yaml"
     write_params(params, **{**TINY, "learning_rate": 1000.0})
     out = tmp_path / "out"
-    arguments = [str(prepared), str(out / "model"), str(out / "train.json"), str(out / "h.tsv")]
+    arguments = [str(prepared), str(out / "model"), str(out / "train")]
     checkpoints = tmp_path / "checkpoints"
     monkeypatch.setattr(
         sys,
@@ -310,7 +323,7 @@ def test_runaway_training_stops_naming_learning_rate_and_writes_nothing(
         train_stage.main()
     loss = float(error.value.args[0].split("mean loss ")[1].split()[0])
     assert not loss <= train_stage.RUNAWAY_LOSS
-    assert not out.exists()  # no model, no metrics
+    assert not any(out.rglob("*"))  # no model, no metrics
     assert not any(checkpoints.rglob("*"))  # nothing to resume: it would run away again
 
 
@@ -349,4 +362,15 @@ def test_progress_lines_every_ten_seconds_without_a_terminal():
     progress.close()
     lines = stream.getvalue().splitlines()
     assert lines[0] == "epoch 1/5: step 20/100  loss 0.0500  40 s left"
+    # The first call compiles: its time does not count towards the rate.
+    stream, now[0] = io.StringIO(), 0.0
+    progress = Progress(100, "epoch 1/5", terminal=False, stream=stream, clock=lambda: now[0])
+    now[0] = 30.0
+    progress.update(4, loss=2.0)
+    now[0] = 40.0
+    progress.update(8, loss=1.0)
+    assert stream.getvalue().splitlines() == [
+        "epoch 1/5: step 4/100  loss 2.0000",
+        "epoch 1/5: step 8/100  loss 1.0000  230 s left",
+    ]
     assert [line.split()[3] for line in lines] == ["20/100", "40/100", "60/100", "80/100"]
