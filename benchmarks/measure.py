@@ -26,6 +26,8 @@ from stages.model import build_model
 # stay comparable from run to run; STEPS_PER_EXECUTION is params.yaml's value today.
 BATCH_SIZE = 32
 STEPS_PER_EXECUTION = 4
+# model.fit's steps per call for its strongest variants: as many as the old loop ran per call.
+FIT_STEPS_PER_EXECUTION = 48
 SHUFFLE_SEED = 0  # timing does not depend on it
 MATMULS_PER_RUN = 5
 COPIES_PER_RUN = 50
@@ -69,7 +71,15 @@ def tutorial_loop(train_images: np.ndarray, train_labels: np.ndarray) -> Run:
 
 
 class StepTimer(keras.callbacks.Callback):
-    """Times fit's steps from the second on: the first one waits for the shuffle buffer."""
+    """Times fit's steps from its second call on: the first one waits for the shuffle buffer.
+
+    Keras calls `on_train_batch_begin` once per call of its compiled function, that is
+    every `steps_per_execution` steps.
+    """
+
+    def __init__(self, steps_per_execution: int) -> None:
+        super().__init__()
+        self.steps_per_execution = steps_per_execution
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self.starts: list[float] = []
@@ -78,11 +88,23 @@ class StepTimer(keras.callbacks.Callback):
         self.starts.append(time.perf_counter())
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        self.seconds_per_step = (time.perf_counter() - self.starts[1]) / (len(self.starts) - 1)
+        timed_steps = (len(self.starts) - 1) * self.steps_per_execution
+        self.seconds_per_step = (time.perf_counter() - self.starts[1]) / timed_steps
 
 
-def fit_loop(train_images: np.ndarray, train_labels: np.ndarray, jit_compile: bool) -> Run:
-    """(b), (c) model.fit on the project's tutorial model and training dataset."""
+def fit_loop(
+    train_images: np.ndarray,
+    train_labels: np.ndarray,
+    jit_compile: bool,
+    steps_per_execution: int = 1,
+    unrolled_steps: int = 1,
+) -> Run:
+    """(b), (c) model.fit on the project's tutorial model and training dataset.
+
+    `steps_per_execution` runs that many steps per call of fit's compiled function (a
+    tf.while_loop, each step still its own XLA program); `unrolled_steps` sets Keras'
+    `unrolled_steps_per_execution`, which unrolls that many steps in the loop's body.
+    """
     model = build_model("tutorial")
     # Explicit: compile's default, "auto", means False on a CPU-only machine.
     model.compile(
@@ -90,15 +112,21 @@ def fit_loop(train_images: np.ndarray, train_labels: np.ndarray, jit_compile: bo
         metrics=["accuracy"],
         jit_compile=jit_compile,
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        steps_per_execution=steps_per_execution,
     )
+    # Not a public argument of compile() in Keras 3.15: an attribute of the TensorFlow
+    # trainer, read when fit builds its function (keras/src/backend/tensorflow/trainer.py).
+    model.unrolled_steps_per_execution = unrolled_steps
     dataset = make_train_dataset(train_images, train_labels, BATCH_SIZE, SHUFFLE_SEED).repeat()
-    timer = StepTimer()
+    timer = StepTimer(steps_per_execution)
 
     def run(num_steps: int) -> float:
+        # Whole calls only, at least three: the first is not timed (see StepTimer).
+        calls = max(3, -(-num_steps // steps_per_execution))
         model.fit(
             dataset,
             epochs=1,
-            steps_per_epoch=num_steps,
+            steps_per_epoch=calls * steps_per_execution,
             shuffle=False,
             verbose=0,
             callbacks=[timer],
