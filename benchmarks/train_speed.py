@@ -3,10 +3,10 @@
 Times, in one process, on the same data, model and batch size, interleaved: (a) the
 reference tutorial's loop as written, (b) model.fit, (c) model.fit with XLA, (c1)-(c3) the
 same with several steps per call (Keras' steps_per_execution, and its unrolled variant),
-the strongest baselines, (d) this project's Trainer as stages.train drives it, and (d1), (d2) the same with one step per
-compiled program and without XLA; then (e) the input pipeline alone, (f) a large float32
-matmul, the machine's practical peak, and (g) its memory bandwidth. See
-benchmarks/README.md.
+the strongest baselines, (d) this project's Trainer as stages.train drives it, and (d1),
+(d2) the same with one step per compiled program and without XLA; then (e) the input
+pipeline alone, (f) a large float32 matmul, the machine's practical peak, and (g) its
+memory bandwidth. See benchmarks/README.md.
 Reads  data/prepared (run `dvc repro prepare` first).  Writes --output (JSON).
 Run    python -m benchmarks.train_speed [--steps 200 --repeats 5 --warmup 100]
 """

@@ -30,6 +30,7 @@ LIVE_NAMES = {
     "validation_accuracy": "validation/accuracy",
     "learning_rate": "learning_rate",
 }
+SUMMARY_LEFT_OUT = ("train", "learning_rate")
 LINE_INTERVAL = 10.0  # seconds between progress lines when there is no terminal
 
 
@@ -93,7 +94,11 @@ def log_epoch(live: Live | None, row: dict) -> None:
     live.step = row["epoch"]
     for column, name in LIVE_NAMES.items():
         live.log_metric(name, row[column])
-    # A plot only: in metrics.json it would share its `dvc exp show` column with the param
-    # of the same name. (Live.summary is what metrics.json holds, and may be edited.)
-    del live.summary["learning_rate"]
+    # metrics.json (Live.summary, which may be edited) keeps the validation accuracy and the
+    # step (the epoch) only, so that `dvc metrics show` and `dvc exp show` fit 120 columns
+    # beside evaluate's and export's metrics; every curve stays a plot. The learning rate
+    # would also share its `dvc exp show` column with the param of the same name.
+    for name in SUMMARY_LEFT_OUT:
+        live.summary.pop(name, None)
+    live.summary["validation"].pop("loss", None)
     live.sync()
