@@ -15,7 +15,7 @@ LOCK_FILES := requirements.txt:12.0 requirements-dev.txt:14.0
 UV_COMPILE := uv pip compile --quiet --universal --python-version 3.11 --generate-hashes \
 	--custom-compile-command "make lock"
 
-.PHONY: repro test lint exps bench clean-venv lock check-lock
+.PHONY: repro test lint exps bench pictures clean-venv lock check-lock
 
 repro: $(STAMP)
 	dvc repro
@@ -37,6 +37,10 @@ exps: $(STAMP)
 
 bench: $(STAMP)
 	python -m benchmarks.train_speed
+
+# README's two pictures, from the last `dvc repro` (needs Chromium): docs/make_pictures.py.
+pictures: $(STAMP)
+	python docs/make_pictures.py
 
 # pip checks every file against the lock's hashes (--require-hashes).
 $(STAMP): requirements.txt
