@@ -147,7 +147,7 @@ def test_a_refused_value_keeps_every_output(project):
     assert "Running stage 'train'" not in result.stdout  # validate stopped DVC first
     assert {"model": model.read_bytes(), **results(root)} == before
     # Recovery, as README says: the committed params back, and nothing re-runs.
-    run(["git", "checkout", "params.yaml"], root, env)
+    run(["git", "checkout", "HEAD", "--", "params.yaml"], root, env)
     output = run(["dvc", "repro"], root, env)
     assert not re.search(r"Running stage '(prepare|train|evaluate|export)'", output), output
     assert run(["git", "status", "--porcelain"], root, env) == ""
