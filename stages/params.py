@@ -19,7 +19,7 @@ import yaml
 # The names each choice param accepts, listed once, here: pure Python, so that params.yaml
 # is checked without importing TensorFlow. The code that dispatches on a name builds its
 # table with dispatch_table, which refuses a table whose names differ from these.
-MODELS = ("tutorial", "convnet")
+MODELS = ("tutorial", "convnet", "fast")
 STRATEGIES = ("none", "mirrored", "multi_worker")
 SCHEDULES = ("constant", "cosine")
 QUANTIZATIONS = ("float", "dynamic_range", "int8")
