@@ -21,7 +21,7 @@ import yaml
 # table with dispatch_table, which refuses a table whose names differ from these.
 MODELS = ("tutorial", "convnet", "fast")
 STRATEGIES = ("none", "mirrored", "multi_worker")
-SCHEDULES = ("constant", "cosine")
+SCHEDULES = ("constant", "cosine", "onecycle")
 QUANTIZATIONS = ("float", "dynamic_range", "int8")
 CHOICES = {
     "model": MODELS,

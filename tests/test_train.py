@@ -145,6 +145,27 @@ def test_cosine_schedule_decays_to_zero_over_the_whole_run():
     assert SCHEDULES["constant"](0.01, 100) == 0.01
 
 
+def test_onecycle_schedule_warms_up_then_decays_like_its_formula():
+    learning_rate, total_steps = 0.003, 100
+    schedule = SCHEDULES["onecycle"](learning_rate, total_steps)
+    steps = np.arange(total_steps + 1)
+    # NumPy oracle: linear from lr/25 to lr over the first 20 % of the steps, then a cosine
+    # from lr to 0 over the rest.
+    warmup = 20
+    start = learning_rate / 25
+    rising = start + (learning_rate - start) * steps / warmup
+    progress = (steps - warmup) / (total_steps - warmup)
+    falling = learning_rate * 0.5 * (1 + np.cos(np.pi * progress))
+    expected = np.where(steps < warmup, rising, falling)
+    actual = np.array([float(schedule(step)) for step in steps])
+    np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-9)
+    assert actual[0] == pytest.approx(learning_rate / 25)
+    assert actual.argmax() == warmup and actual[warmup] == pytest.approx(learning_rate)
+    assert actual[-1] == pytest.approx(0.0, abs=1e-9)
+    assert np.all(np.diff(actual[: warmup + 1]) > 0)
+    assert np.all(np.diff(actual[warmup:]) <= 0)
+
+
 def test_evaluation_counts_every_example_once_despite_padding():
     arrays = synthetic_arrays(train=37)
     images, labels = arrays["x_train"], arrays["y_train"].astype(np.int32)
