@@ -15,6 +15,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+import yaml
 
 from stages import params as params_module
 from stages import train as train_stage
@@ -391,6 +392,26 @@ def test_validate_refuses_max_pooling_with_xla_and_determinism_before_writing(tm
     assert len(lines) == 1 and "model: fast with jit_compile: true" in lines[0], lines
     assert "-S jit_compile=false" in lines[0]
     assert not out.exists()
+
+
+def test_make_best_runs_valid_params_that_pass_the_cross_key_checks():
+    # benchmarks/time_to_accuracy.py reads the overrides this way.
+    printed = subprocess.run(
+        ["make", "-s", "--no-print-directory", "print-best"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert printed[::2] == ["-S"] * (len(printed) // 2)
+    overrides = dict(item.split("=", 1) for item in printed[1::2])
+    assert overrides["model"] == "fast" and overrides["learning_rate_schedule"] == "onecycle"
+    document = {
+        **DEFAULT_PARAMS,
+        **{key: yaml.safe_load(value) for key, value in overrides.items()},
+    }
+    params = params_module.check_params(document, train_stage.PARAMS, "make best")
+    check_train_params(params, train_examples=55_000, replicas=1)  # MNIST's training split
 
 
 def test_batch_larger_than_the_data(prepared, tmp_path):
