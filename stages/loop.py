@@ -221,13 +221,12 @@ STRATEGIES = dispatch_table(
 )
 
 
-# One-cycle (Smith and Topin's "super-convergence", as fast.ai's fit_one_cycle and the
-# fastest short MNIST/CIFAR runs use it): a short linear warm-up from a small learning rate
-# lets a high peak rate be used without the first steps of a fresh model (and fresh batch-norm
-# statistics) diverging; the cosine decay to 0 then settles the weights within a few epochs.
-# The start, peak / 25, is fast.ai's default (div=25); the 20 % warm-up is what the
-# measured `make best` runs used (fast.ai: 25 %). Common practice, not tuned per model, so
-# not params of their own.
+# One-cycle (Smith and Topin's "super-convergence", as fast.ai's fit_one_cycle uses it): a
+# short linear warm-up from a small learning rate lets a high peak rate be used without the
+# first steps of a fresh model (and fresh batch-norm statistics) diverging; the cosine decay
+# to 0 then settles the weights within a few epochs. The start, peak / 25, is fast.ai's
+# default (div=25); the 20 % warm-up is what the measured `make best` runs used (fast.ai:
+# 25 %). Common practice, not tuned per model, so not params of their own.
 ONECYCLE_WARMUP_FRACTION = 0.2
 ONECYCLE_START_DIVISOR = 25
 
