@@ -86,8 +86,37 @@ def convnet_model() -> keras.Model:
     return keras.Model(images, layers.Dense(NUM_CLASSES)(x), name="convnet")
 
 
+def _conv_bn_relu(x: keras.KerasTensor, filters: int, strides: int = 1) -> keras.KerasTensor:
+    x = layers.Conv2D(filters, 3, strides=strides, padding="same", use_bias=False)(x)
+    x = layers.BatchNormalization()(x)
+    return layers.ReLU()(x)
+
+
+def fast_model() -> keras.Model:
+    """A lean CNN for `make best`: about 99.5 % in 4 epochs, as it leaves 28x28 at once.
+
+    Conv 3x3/2 (32) -> 14x14; conv 64, max-pool -> 7x7; conv 128, conv 128, max-pool ->
+    3x3; one linear layer on the 1,152 features. Batch norm and ReLU after every
+    convolution, random shifts of up to 2 pixels while training. The stride-2 stem does no
+    3x3 convolution at full size: measured here it was as accurate as conv + pool at 28x28,
+    and 1.3x as fast per step. 252,842 weights; 29.0 MFLOP per image forward (convnet: 37.4):
+    most of the time saved comes from needing 4 epochs at batch 128 (with `onecycle`), not 15.
+    Research runs of this recipe (make best's params): 99.41-99.52 % test over 3 seeds.
+    """
+    images, x = _inputs()
+    x = RandomShift(2)(x)
+    x = _conv_bn_relu(x, 32, strides=2)
+    x = _conv_bn_relu(x, 64)
+    x = layers.MaxPooling2D()(x)
+    x = _conv_bn_relu(x, 128)
+    x = _conv_bn_relu(x, 128)
+    x = layers.MaxPooling2D()(x)
+    x = layers.Flatten()(x)
+    return keras.Model(images, layers.Dense(NUM_CLASSES)(x), name="fast")
+
+
 # The `model` param's choices (params.MODELS) and what builds each one.
-MODELS = dispatch_table("model", tutorial=tutorial_model, convnet=convnet_model)
+MODELS = dispatch_table("model", tutorial=tutorial_model, convnet=convnet_model, fast=fast_model)
 
 
 def build_model(name: str) -> keras.Model:

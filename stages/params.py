@@ -19,9 +19,11 @@ import yaml
 # The names each choice param accepts, listed once, here: pure Python, so that params.yaml
 # is checked without importing TensorFlow. The code that dispatches on a name builds its
 # table with dispatch_table, which refuses a table whose names differ from these.
-MODELS = ("tutorial", "convnet")
+MODELS = ("tutorial", "convnet", "fast")
+# The models with a MaxPooling2D layer (tests/test_train.py checks this against the models).
+MAX_POOLING_MODELS = ("convnet", "fast")
 STRATEGIES = ("none", "mirrored", "multi_worker")
-SCHEDULES = ("constant", "cosine")
+SCHEDULES = ("constant", "cosine", "onecycle")
 QUANTIZATIONS = ("float", "dynamic_range", "int8")
 CHOICES = {
     "model": MODELS,
@@ -196,8 +198,19 @@ def load_params(keys: tuple[str, ...], path: str | Path = "params.yaml") -> dict
 
 
 def check_train_params(params: dict[str, Any], train_examples: int, replicas: int) -> None:
-    """Checks across train's keys and the data: one group of full batches fits in an epoch,
-    and the global batch splits evenly between the replicas of `distribute`."""
+    """Checks across train's keys and the data: the model compiles with these settings, one
+    group of full batches fits in an epoch, and the global batch splits evenly between the
+    replicas of `distribute`."""
+    # TF 2.21 has no deterministic XLA kernel for MaxPooling2D's gradient, on CPU too: the
+    # first step fails ("GPU MaxPool gradient ops do not yet have a deterministic XLA
+    # implementation", UNIMPLEMENTED). Refused here, before DVC deletes any outputs.
+    model = params["model"]
+    if model in MAX_POOLING_MODELS and params["jit_compile"] and params["deterministic"]:
+        raise ValueError(
+            f"params.yaml: model: {model} with jit_compile: true and deterministic: true cannot "
+            f"compile (XLA has no deterministic max-pooling gradient); set jit_compile: false "
+            f"(`-S jit_compile=false`)"
+        )
     batch_size, group = params["batch_size"], params["steps_per_execution"]
     if batch_size * group > train_examples:
         raise ValueError(
