@@ -20,8 +20,10 @@ UV_COMPILE := uv pip compile --quiet --universal --python-version 3.11 --generat
 repro: $(STAMP)
 	dvc repro
 
+# Two workers, a test file each at a time (pytest-xdist): the files' module-scoped
+# projects are built once, and the long DVC runs overlap with the rest.
 test: $(DEV_STAMP)
-	pytest
+	pytest -n 2 --dist loadfile
 
 lint: $(DEV_STAMP)
 	ruff check . && ruff format --check .
