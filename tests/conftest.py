@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,20 @@ from stages.prepare import prepare
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+def scratch_env(**extra: str) -> dict[str, str]:
+    """The environment for `git` and `dvc` in a scratch repository: this interpreter's
+    `python` first on PATH (dvc.yaml's commands call `python`) and a git identity."""
+    return {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "GIT_AUTHOR_NAME": "test",
+        "GIT_AUTHOR_EMAIL": "test@example.invalid",
+        "GIT_COMMITTER_NAME": "test",
+        "GIT_COMMITTER_EMAIL": "test@example.invalid",
+        **extra,
+    }
 
 
 def write_params(path: Path, **overrides) -> Path:

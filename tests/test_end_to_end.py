@@ -7,7 +7,6 @@ queued sweep.
 
 import csv
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, write_params
+from tests.conftest import REPO, scratch_env, write_params
 
 SMALL = {"max_train_examples": 3000, "validation_size": 1000, "epochs": 2}
 COPIED = [
@@ -49,15 +48,7 @@ def make_project(root: Path, **params) -> dict:
         else:
             shutil.copy(source, target)
     write_params(root / "params.yaml", **params)
-    env = {
-        **os.environ,
-        # `python` in dvc.yaml's commands must be this interpreter, with its packages.
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        "GIT_AUTHOR_NAME": "test",
-        "GIT_AUTHOR_EMAIL": "test@example.invalid",
-        "GIT_COMMITTER_NAME": "test",
-        "GIT_COMMITTER_EMAIL": "test@example.invalid",
-    }
+    env = scratch_env()
     run(["git", "init", "-q", "-b", "main"], root, env)
     run(["dvc", "init", "-q"], root, env)
     run(["dvc", "config", "core.analytics", "false"], root, env)

@@ -5,16 +5,14 @@ version by name into another directory, and the SavedModel it brings serves.
 A tiny SavedModel with the project's serving signature stands in for a trained one.
 """
 
-import os
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 import yaml
 
-from tests.conftest import REPO
+from tests.conftest import REPO, scratch_env
 from tests.test_end_to_end import run
 
 PIPELINE = yaml.safe_load((REPO / "dvc.yaml").read_text())
@@ -54,14 +52,7 @@ def test_dvc_yaml_declares_the_models():
 
 def test_register_push_and_get_a_version_by_name(tmp_path):
     repo, storage, elsewhere = tmp_path / "repo", tmp_path / "storage", tmp_path / "elsewhere"
-    env = {
-        **{key: value for key, value in os.environ.items() if not key.startswith("DVC_STUDIO")},
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        "GIT_AUTHOR_NAME": "test",
-        "GIT_AUTHOR_EMAIL": "test@example.invalid",
-        "GIT_COMMITTER_NAME": "test",
-        "GIT_COMMITTER_EMAIL": "test@example.invalid",
-    }
+    env = {key: value for key, value in scratch_env().items() if not key.startswith("DVC_STUDIO")}
     repo.mkdir()
     run(["git", "init", "-q", "-b", "main"], repo, env)
     run(["dvc", "init", "-q"], repo, env)

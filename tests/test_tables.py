@@ -9,11 +9,9 @@ compute_metrics, train's final losses and accuracies. Two experiments are saved 
 """
 
 import json
-import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +19,7 @@ import pytest
 import yaml
 
 from stages.evaluate import compute_metrics
-from tests.conftest import REPO, write_params
+from tests.conftest import REPO, scratch_env, write_params
 from tests.test_end_to_end import run
 
 WIDTH = 120
@@ -79,15 +77,8 @@ def write_metrics(root: Path, seed: int) -> None:
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     root = tmp_path_factory.mktemp("tables")
-    env = {
-        **os.environ,
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        "GIT_AUTHOR_NAME": "test",
-        "GIT_AUTHOR_EMAIL": "test@example.invalid",
-        "GIT_COMMITTER_NAME": "test",
-        "GIT_COMMITTER_EMAIL": "test@example.invalid",
-        "COLUMNS": str(WIDTH),  # the terminal width rich lays the tables out for
-    }
+    # COLUMNS: the terminal width rich lays the tables out for.
+    env = scratch_env(COLUMNS=str(WIDTH))
     shutil.copytree(REPO / "stages", root / "stages", ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("dvc.yaml", ".gitignore", ".dvcignore", "data/raw/checksums.json"):
         (root / name).parent.mkdir(parents=True, exist_ok=True)
