@@ -196,7 +196,7 @@ def test_queued_sweep_runs_two_experiments_in_parallel(project):
     )
     names = set(re.findall(r"Queued experiment '([\w-]+)'", output))
     assert len(names) == 2, output
-    run(["dvc", "queue", "start", "-j", "2"], root, env)  # returns at once
+    run(["dvc", "queue", "start", "-j", "2"], root, env)  # returns once its workers started
     try:
         deadline = time.monotonic() + 240
         status = ""
