@@ -28,6 +28,11 @@ from stages.files import write_json
 REPO = Path(__file__).resolve().parents[1]
 
 
+def environment() -> dict[str, str]:
+    """This environment, with this interpreter's `python` first (dvc.yaml's commands)."""
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+
+
 def timed_run(command: list[str], cwd: Path, env: dict) -> tuple[float, dict[str, float], str]:
     """Run `command`; return its seconds, each DVC stage's seconds, and its output."""
     start = time.perf_counter()
@@ -93,7 +98,7 @@ def main() -> None:
     arguments = parser.parse_args()
     if arguments.repeats < 1:
         parser.error("--repeats must be at least 1")
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env = environment()
     repros, tutorials = [], []
     for repeat in range(arguments.repeats):
         repros.append(repro_on_a_fresh_clone(env))

@@ -24,7 +24,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.pipeline_timings import REPO, repro_on_a_fresh_clone, timed_run, tutorial
+from benchmarks.pipeline_timings import (
+    REPO,
+    environment,
+    repro_on_a_fresh_clone,
+    timed_run,
+    tutorial,
+)
 from stages.files import write_json
 
 SEEDS = (42, 43, 44)
@@ -87,7 +93,7 @@ def main() -> None:
     arguments = parser.parse_args()
     if not 1 <= arguments.repeats <= len(SEEDS):
         parser.error(f"--repeats must be from 1 to {len(SEEDS)}")
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env = environment()
     overrides = best_overrides()
     tutorials, experiments, repros = [], [], []
     with tempfile.TemporaryDirectory() as scratch:

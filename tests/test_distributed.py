@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -74,15 +75,10 @@ def train_command(data: Path, out: Path, params: Path) -> list[str]:
     ]
 
 
-def run_together(
-    commands: list[tuple[list[str], dict]], cwd: Path, time_limit: float = TIME_LIMIT
-) -> list[str]:
-    """Run `commands` (command, environment) at once; return each one's output.
-
-    Fails the test as soon as one exits with an error, or when `time_limit` runs out,
-    after killing every process still running.
-    """
-    logs = [cwd / f"process-{index}.log" for index in range(len(commands))]
+@contextmanager
+def running(commands: list[tuple[list[str], dict]], cwd: Path, logs: list[Path]):
+    """Start `commands` (command, environment) at once, each writing to its log; yield the
+    processes, and kill whichever is still running on the way out."""
     processes = []
     try:
         for (command, env), log in zip(commands, logs, strict=True):
@@ -97,17 +93,30 @@ def run_together(
                         start_new_session=True,  # its own process group, killed whole
                     )
                 )
+        yield processes
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def run_together(
+    commands: list[tuple[list[str], dict]], cwd: Path, time_limit: float = TIME_LIMIT
+) -> list[str]:
+    """Run `commands` (command, environment) at once; return each one's output.
+
+    Fails the test as soon as one exits with an error, or when `time_limit` runs out,
+    after killing every process still running.
+    """
+    logs = [cwd / f"process-{index}.log" for index in range(len(commands))]
+    with running(commands, cwd, logs) as processes:
         deadline = time.monotonic() + time_limit
         while time.monotonic() < deadline:
             codes = [process.poll() for process in processes]
             if None not in codes or any(code not in (None, 0) for code in codes):
                 break
             time.sleep(0.1)
-    finally:
-        for process in processes:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
     outputs = [log.read_text() for log in logs]
     codes = [process.returncode for process in processes]
     if codes != [0] * len(commands):
@@ -224,19 +233,7 @@ def test_a_worker_killed_mid_run_fails_the_other_instead_of_hanging_it(prepared,
     )
     commands = worker_commands(prepared, tmp_path / "run", params)
     logs = [tmp_path / f"worker-{index}.log" for index in range(2)]
-    processes = []
-    try:
-        for (command, env), log in zip(commands, logs, strict=True):
-            with log.open("w") as file:
-                processes.append(
-                    subprocess.Popen(
-                        command,
-                        env=env,
-                        stdout=file,
-                        stderr=subprocess.STDOUT,
-                        start_new_session=True,
-                    )
-                )
+    with running(commands, tmp_path, logs) as processes:
         deadline = time.monotonic() + TIME_LIMIT
         while "epoch 1/500 " not in logs[1].read_text() and time.monotonic() < deadline:
             assert processes[0].poll() is None and processes[1].poll() is None
@@ -246,11 +243,6 @@ def test_a_worker_killed_mid_run_fails_the_other_instead_of_hanging_it(prepared,
         # Worker 0 is in a collective step with a peer that is gone: it must fail, not wait.
         code = processes[0].wait(timeout=TIME_LIMIT)
         waited = time.monotonic() - killed
-    finally:
-        for process in processes:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
     assert code != 0, logs[0].read_text()[-2000:]
     assert waited < 60
     assert not (tmp_path / "run" / "model").exists()  # nothing half-written

@@ -17,6 +17,7 @@ import pytest
 import tensorflow as tf
 import yaml
 
+from benchmarks.time_to_accuracy import best_overrides
 from stages import params as params_module
 from stages import train as train_stage
 from stages.checkpoints import checkpoint_key
@@ -395,14 +396,7 @@ def test_validate_refuses_max_pooling_with_xla_and_determinism_before_writing(tm
 
 
 def test_make_best_runs_valid_params_that_pass_the_cross_key_checks():
-    # benchmarks/time_to_accuracy.py reads the overrides this way.
-    printed = subprocess.run(
-        ["make", "-s", "--no-print-directory", "print-best"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
+    printed = best_overrides()  # as benchmarks/time_to_accuracy.py reads them
     assert printed[::2] == ["-S"] * (len(printed) // 2)
     overrides = dict(item.split("=", 1) for item in printed[1::2])
     assert overrides["model"] == "fast" and overrides["learning_rate_schedule"] == "onecycle"
