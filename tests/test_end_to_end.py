@@ -1,8 +1,8 @@
 """The real pipeline: `dvc repro`, `dvc exp run -S ...`, metrics and plots, in a scratch repo.
 
 One module-scoped project on real MNIST, capped to a small training subset so the whole
-file runs in about two minutes: prepare -> train -> evaluate through DVC itself, and a
-queued sweep.
+file runs in about a minute and a half: the five stages through DVC itself, an experiment, a
+queued sweep, and a round trip through a DVC remote into a fresh clone.
 """
 
 import csv
@@ -162,12 +162,16 @@ def test_metrics_and_plots_commands(project):
     assert shown.startswith(b"\x89PNG")
 
 
-def test_forced_repro_gives_identical_metrics(project):
+def test_retraining_gives_the_same_model_so_nothing_downstream_is_stale(project):
     root, env, _ = project
-    before = results(root)
-    output = run(["dvc", "repro", "-f"], root, env)
+    model = root / "models/mnist/saved_model.pb"
+    before = {"model": model.read_bytes(), **results(root)}
+    output = run(["dvc", "repro", "--force", "--single-item", "train"], root, env)
     assert "Running stage 'train'" in output
-    assert results(root) == before
+    assert {"model": model.read_bytes(), **results(root)} == before
+    # The same bytes, so the same hash in dvc.lock: evaluate and export are up to date.
+    assert "up to date" in run(["dvc", "status"], root, env)
+    assert run(["git", "status", "--porcelain"], root, env) == ""
 
 
 def test_experiment_reruns_train_and_evaluate_but_not_prepare(project):
@@ -187,13 +191,10 @@ def test_experiment_reruns_train_and_evaluate_but_not_prepare(project):
 
 def test_queued_sweep_runs_two_experiments_in_parallel(project):
     root, env, _ = project
-    # As in README: one queued experiment per value; the queue runs each in a copy of the
-    # repository holding only what git and DVC track.
-    output = run(
-        ["dvc", "exp", "run", "--queue", "-S", "learning_rate=0.002,0.0005", "-S", "epochs=1"],
-        root,
-        env,
-    )
+    # As in README, one queued experiment per value; the queue runs each in a copy of the
+    # repository holding only what git and DVC track. A sweep of the export's quantization
+    # re-runs the least (validate and export): train's model comes from the DVC cache.
+    output = run(["dvc", "exp", "run", "--queue", "-S", "quantization=float,int8"], root, env)
     names = set(re.findall(r"Queued experiment '([\w-]+)'", output))
     assert len(names) == 2, output
     run(["dvc", "queue", "start", "-j", "2"], root, env)  # returns once its workers started
@@ -204,7 +205,7 @@ def test_queued_sweep_runs_two_experiments_in_parallel(project):
             status = run(["dvc", "queue", "status"], root, env)
             if not re.search(r"\b(Queued|Running)\b", status):
                 break
-            time.sleep(2)
+            time.sleep(1)
         else:
             pytest.fail(f"the queue did not finish in 240 s:\n{status}")
     finally:
@@ -212,7 +213,49 @@ def test_queued_sweep_runs_two_experiments_in_parallel(project):
             ["dvc", "queue", "stop", "--kill"], cwd=root, env=env, capture_output=True, timeout=60
         )
     assert all(re.search(rf"{name}.*Success", status) for name in names), status
+    for name in names:
+        log = run(["dvc", "queue", "logs", name], root, env)
+        assert "Running stage 'export'" in log and "Running stage 'train'" not in log, log
     table = run(["dvc", "exp", "show", "--csv"], root, env)
     rows = {row["Experiment"]: row for row in csv.DictReader(table.splitlines())}
-    assert {rows[name]["learning_rate"] for name in names} == {"0.002", "0.0005"}
-    assert all(0 < float(rows[name]["accuracy"]) <= 1 for name in names)
+    assert {rows[name]["quantization"] for name in names} == {"float", "int8"}
+    sizes = {rows[name]["quantization"]: int(rows[name]["tflite_bytes"]) for name in names}
+    assert sizes["float"] > 3 * sizes["int8"]  # 4-byte weights against 1-byte ones
+    assert all(0.85 < float(rows[name]["tflite_accuracy"]) <= 1 for name in names)
+
+
+def test_push_then_pull_into_a_fresh_clone_leaves_nothing_to_run(project, tmp_path):
+    """The remote round trip as README shows it: `dvc push` and `dvc exp push` in one clone;
+    `git clone`, `dvc pull` and `dvc exp pull` in another, which then has every output."""
+    first, env, _ = project
+    second, origin = tmp_path / "second", tmp_path / "origin.git"  # clone, git server
+    assert run(["git", "status", "--porcelain"], first, env) == ""
+    run(["dvc", "remote", "add", "--default", "storage", str(tmp_path / "storage")], first, env)
+    run(["git", "commit", "-qm", "DVC remote", ".dvc/config"], first, env)
+    run(["git", "init", "-q", "--bare", "-b", "main", str(origin)], tmp_path, env)
+    run(["git", "remote", "add", "origin", str(origin)], first, env)
+    run(["git", "push", "-q", "origin", "main"], first, env)
+    run(["dvc", "push"], first, env)
+
+    run(["git", "clone", "-q", str(origin), str(second)], tmp_path, env)
+    assert not (second / "models/mnist").exists()
+    run(["dvc", "pull"], second, env)
+    assert (second / "models/mnist/saved_model.pb").is_file()
+    output = run(["dvc", "repro"], second, env)
+    assert "Running stage" not in output and "up to date" in output, output
+    assert results(second) == results(first)
+
+    # An experiment travels the same way, with its outputs: applying it runs nothing.
+    # (--temp: it runs beside the workspace, which stays as committed for the other tests.)
+    command = ["dvc", "exp", "run", "--temp", "--name", "float-model", "-S", "quantization=float"]
+    run(command, first, env)
+    run(["dvc", "exp", "push", "origin", "float-model"], first, env)
+    run(["dvc", "exp", "pull", "origin", "float-model"], second, env)
+    assert "float-model" in run(["dvc", "exp", "list"], second, env)
+    run(["dvc", "exp", "apply", "float-model"], second, env)
+    assert "quantization: float" in (second / "params.yaml").read_text()
+    output = run(["dvc", "repro"], second, env)
+    assert "Running stage" not in output, output
+    assert (second / "models/mnist.tflite").stat().st_size > 3 * (
+        first / "models/mnist.tflite"
+    ).stat().st_size  # float weights, against the committed dynamic-range (int8) ones

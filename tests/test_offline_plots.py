@@ -18,7 +18,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from tests.conftest import REPO
+from tests.conftest import REPO, scratch_env
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 BROWSER = next((shutil.which(name) for name in BROWSERS if shutil.which(name)), None)
@@ -71,7 +71,9 @@ def write_fake(path, columns: set[str]) -> None:
 
 
 def run(*command, cwd):
-    return subprocess.run(command, cwd=cwd, check=True, capture_output=True, text=True)
+    return subprocess.run(
+        command, cwd=cwd, env=scratch_env(), check=True, capture_output=True, text=True
+    )
 
 
 @pytest.fixture(scope="module")
