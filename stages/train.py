@@ -21,7 +21,6 @@ if __name__ == "__main__":  # the command line: before TensorFlow is imported be
 
 import argparse
 import functools
-import math
 import shutil
 import tempfile
 import time
@@ -37,16 +36,18 @@ from stages.checkpoints import Checkpoints, open_checkpoints
 from stages.files import atomic_output, run_stage
 from stages.loop import (
     SCHEDULES,
+    RunawayTrainingError,
     Trainer,
     distribute_train_dataset,
     make_eval_dataset,
     make_strategy,
+    run_epoch,
+    steps_per_epoch,
     supports_xla,
 )
 from stages.model import build_model, export_saved_model
-from stages.params import check_train_params, load_params
+from stages.params import load_params
 from stages.progress import Progress, log_epoch, open_live
-from stages.records import NUM_CLASSES
 
 PARAMS = (
     "seed",
@@ -61,15 +62,6 @@ PARAMS = (
     "distribute",
     "eval_batch_size",
 )
-# Runaway training stops when the mean loss of the epoch so far is not finite or exceeds 10x
-# an untrained model's: uniform logits over 10 classes cost ln(10) = 2.30 per example, and
-# a mean above 23 needs the true class at odds below 1e-10 on average: confidently wrong.
-# Measured on MNIST (batch 32, checked every 4 steps as run_epoch does), healthy runs peak
-# at their first check and fall from there: tutorial model at learning_rate 0.001, 0.003,
-# 0.01: 2.13, 2.13, 3.37; convnet: 2.53, 2.30, 2.30; even the tutorial model at 0.03
-# peaks at 10.1 and trains (0.72 over 400 steps). At learning_rate 1000: 4.5e13 at once.
-UNTRAINED_LOSS = math.log(NUM_CLASSES)
-RUNAWAY_LOSS = 10 * UNTRAINED_LOSS
 
 
 def load_training_shards(data_dir: Path, part: int, parts: int) -> tuple[np.ndarray, np.ndarray]:
@@ -78,27 +70,6 @@ def load_training_shards(data_dir: Path, part: int, parts: int) -> tuple[np.ndar
     if parts > 1:
         print(f"train: worker {part} of {parts}: {len(images)} examples from its training shards")
     return images, labels
-
-
-class RunawayTrainingError(ValueError):
-    """The loss ran away (see RUNAWAY_LOSS): a learning rate too high for this model."""
-
-
-def run_epoch(
-    trainer: Trainer, dataset: tf.distribute.DistributedDataset, steps: int, progress: Progress
-) -> None:
-    """One pass over the training data, `steps_per_execution` steps per call."""
-    iterator = iter(dataset)
-    for done in range(trainer.steps_per_execution, steps + 1, trainer.steps_per_execution):
-        trainer.run_steps(iterator)
-        loss = float(trainer.train_loss.result())  # the mean over this epoch's steps so far
-        if not loss <= RUNAWAY_LOSS:  # nan too
-            raise RunawayTrainingError(
-                f"params.yaml: learning_rate: training ran away in {progress.description}: "
-                f"mean loss {loss:.3g} over its first {done} steps, where an untrained model's "
-                f"is {UNTRAINED_LOSS:.2f}; lower learning_rate"
-            )
-        progress.update(done, loss)
 
 
 def train_epoch(
@@ -135,18 +106,6 @@ def train_epoch(
         flush=True,
     )
     return row
-
-
-def steps_per_epoch(data_dir: Path, params: dict, replicas: int) -> int:
-    """Full batches per epoch in whole groups of steps_per_execution, once params are checked.
-
-    At most steps_per_execution - 1 full batches are left out of each epoch (a different few
-    each epoch, as the order is shuffled): no partial group, so one compiled program.
-    """
-    train_examples, _ = records.split_shards(data_dir, "train")
-    check_train_params(params, train_examples, replicas)
-    group = params["steps_per_execution"]
-    return train_examples // params["batch_size"] // group * group
 
 
 def build_trainer(params: dict, strategy: tf.distribute.Strategy, steps: int) -> Trainer:
