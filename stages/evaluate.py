@@ -28,7 +28,7 @@ from PIL import Image, ImageDraw, ImageFont
 from stages import records
 from stages.files import atomic_output, run_stage, write_json
 from stages.params import load_params
-from stages.savedmodel import load_classifier, predict_logits
+from stages.savedmodel import load_classifier, predict
 
 PARAMS = ("eval_batch_size",)
 
@@ -81,11 +81,6 @@ def write_confusion(path: Path, labels: np.ndarray, predictions: np.ndarray) -> 
         temporary.write_text("actual,predicted\n" + "".join(f"{a},{p}\n" for a, p in pairs))
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits.astype(np.float64) - logits.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)
-
-
 def most_confident_mistakes(
     labels: np.ndarray, probabilities: np.ndarray, count: int
 ) -> np.ndarray:
@@ -97,10 +92,9 @@ def most_confident_mistakes(
 
 
 def draw_mistakes(
-    images: np.ndarray, labels: np.ndarray, logits: np.ndarray, count: int = MISTAKES_SHOWN
+    images: np.ndarray, labels: np.ndarray, probabilities: np.ndarray, count: int = MISTAKES_SHOWN
 ) -> Image.Image:
     """A grid of the `count` most confident mistakes: each digit, its true and predicted label."""
-    probabilities = softmax(logits)
     chosen = most_confident_mistakes(labels, probabilities, count)
     wrong = int(np.sum(probabilities.argmax(axis=1) != labels))
     rows = -(-len(chosen) // GRID_COLUMNS)
@@ -128,10 +122,12 @@ def draw_mistakes(
     return grid
 
 
-def write_mistakes(path: Path, images: np.ndarray, labels: np.ndarray, logits: np.ndarray) -> None:
+def write_mistakes(
+    path: Path, images: np.ndarray, labels: np.ndarray, probabilities: np.ndarray
+) -> None:
     with atomic_output(path) as temporary:
         # No metadata (time, software): the same predictions give the same PNG bytes.
-        draw_mistakes(images, labels, logits).save(temporary, format="PNG", optimize=True)
+        draw_mistakes(images, labels, probabilities).save(temporary, format="PNG", optimize=True)
 
 
 def main() -> None:
@@ -147,16 +143,17 @@ def main() -> None:
     params = load_params(PARAMS, arguments.params)
     classifier = load_classifier(arguments.model)
     images, labels = records.load_split(arguments.data, "test")
-    logits = predict_logits(classifier, images, params["eval_batch_size"])
+    outputs = predict(classifier, images, params["eval_batch_size"])
+    logits, classes = outputs["logits"], outputs["classes"]
     metrics = compute_metrics(labels, logits)
     print(
         f"evaluate: test accuracy {metrics['accuracy']:.4f} loss {metrics['loss']:.4f} "
         f"on {len(labels)} images"
     )
     write_json(arguments.metrics, metrics)
-    write_json(arguments.per_class, per_class_accuracy(labels, logits.argmax(axis=1)))
-    write_confusion(arguments.confusion, labels, logits.argmax(axis=1))
-    write_mistakes(arguments.mistakes, images, labels, logits)
+    write_json(arguments.per_class, per_class_accuracy(labels, classes))
+    write_confusion(arguments.confusion, labels, classes)
+    write_mistakes(arguments.mistakes, images, labels, outputs["probabilities"])
 
 
 if __name__ == "__main__":

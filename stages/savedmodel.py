@@ -49,8 +49,3 @@ def predict(classifier, images: np.ndarray, batch_size: int) -> dict[str, np.nda
     dataset = tf.data.Dataset.from_tensor_slices(images).batch(batch_size)
     batches = [classifier(images=batch) for batch in dataset.prefetch(2)]
     return {name: np.concatenate([batch[name].numpy() for batch in batches]) for name in OUTPUTS}
-
-
-def predict_logits(classifier, images: np.ndarray, batch_size: int) -> np.ndarray:
-    """Logits [n, 10] for every image, in batches (the last one may be short)."""
-    return predict(classifier, images, batch_size)["logits"]

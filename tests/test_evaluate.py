@@ -16,12 +16,11 @@ from stages.evaluate import (
     draw_mistakes,
     most_confident_mistakes,
     per_class_accuracy,
-    softmax,
     write_confusion,
     write_mistakes,
 )
 from stages.model import build_model, export_saved_model
-from stages.savedmodel import load_classifier, predict_logits
+from stages.savedmodel import load_classifier, predict
 
 
 def test_metrics_agree_with_keras_metrics():
@@ -57,7 +56,7 @@ def test_every_image_is_predicted_even_in_a_short_last_batch(tmp_path):
     model = build_model("tutorial")
     export_saved_model(model, tmp_path / "model")
     images = np.random.default_rng(1).integers(0, 255, (23, 28, 28), dtype=np.uint8)
-    logits = predict_logits(load_classifier(tmp_path / "model"), images, batch_size=10)
+    logits = predict(load_classifier(tmp_path / "model"), images, batch_size=10)["logits"]
     np.testing.assert_allclose(logits, model(images).numpy(), rtol=1e-5, atol=1e-5)
 
 
@@ -91,9 +90,10 @@ def test_model_with_another_signature(tmp_path):
 
 
 def predictions_with_mistakes(wrong: int, right: int = 10, seed: int = 3):
-    """Random digits, their labels, and logits that get the first `wrong` of them wrong.
+    """Random digits, their labels, and predictions that get the first `wrong` of them wrong.
 
-    Returns the images, labels, logits and the wrong images' indices, most confident first.
+    Returns the images, labels, probabilities (the SavedModel's softmax) and the wrong
+    images' indices, most confident first.
     """
     rng = np.random.default_rng(seed)
     count = wrong + right
@@ -104,7 +104,7 @@ def predictions_with_mistakes(wrong: int, right: int = 10, seed: int = 3):
     # A distinct margin per mistake, in shuffled order: confidence grows with the margin.
     margins = rng.permutation(wrong) * 0.25 + 1.0
     logits[np.arange(wrong), (labels[:wrong] + 1) % 10] = margins
-    return images, labels, logits, np.argsort(-margins)
+    return images, labels, tf.nn.softmax(logits).numpy(), np.argsort(-margins)
 
 
 def enlarged(image: np.ndarray) -> np.ndarray:
@@ -121,51 +121,51 @@ def tile(grid: Image.Image, position: int) -> np.ndarray:
 
 
 def test_mistakes_are_the_wrong_predictions_most_confident_first():
-    _, labels, logits, expected = predictions_with_mistakes(wrong=30)
-    chosen = most_confident_mistakes(labels, softmax(logits), count=24)
+    _, labels, probabilities, expected = predictions_with_mistakes(wrong=30)
+    chosen = most_confident_mistakes(labels, probabilities, count=24)
     np.testing.assert_array_equal(chosen, expected[:24])
-    confidence = softmax(logits)[chosen].max(axis=1)
+    confidence = probabilities[chosen].max(axis=1)
     assert np.all(np.diff(confidence) < 0)
 
 
 def test_equally_confident_mistakes_keep_test_set_order():
     labels = np.array([0, 1, 2, 3])
-    logits = np.zeros((4, 10), np.float32)
-    logits[[0, 1, 2, 3], [5, 1, 5, 5]] = [2.0, 9.0, 2.0, 3.0]
-    chosen = most_confident_mistakes(labels, softmax(logits), count=10)
+    probabilities = np.zeros((4, 10), np.float32)
+    probabilities[[0, 1, 2, 3], [5, 1, 5, 5]] = [2.0, 9.0, 2.0, 3.0]
+    chosen = most_confident_mistakes(labels, probabilities, count=10)
     np.testing.assert_array_equal(chosen, [3, 0, 2])
 
 
 def test_mistakes_grid_shows_each_digit_enlarged_in_confidence_order():
-    images, labels, logits, expected = predictions_with_mistakes(wrong=30)
-    grid = draw_mistakes(images, labels, logits, count=24)
+    images, labels, probabilities, expected = predictions_with_mistakes(wrong=30)
+    grid = draw_mistakes(images, labels, probabilities, count=24)
     assert grid.size == (GRID_COLUMNS * TILE_WIDTH, HEADER_HEIGHT + 4 * TILE_HEIGHT)
     for position, index in enumerate(expected[:24]):
         np.testing.assert_array_equal(tile(grid, position), enlarged(images[index]))
 
 
 def test_fewer_mistakes_than_tiles_make_fewer_rows():
-    images, labels, logits, expected = predictions_with_mistakes(wrong=7)
-    grid = draw_mistakes(images, labels, logits, count=24)
+    images, labels, probabilities, expected = predictions_with_mistakes(wrong=7)
+    grid = draw_mistakes(images, labels, probabilities, count=24)
     assert grid.size == (GRID_COLUMNS * TILE_WIDTH, HEADER_HEIGHT + 2 * TILE_HEIGHT)
     np.testing.assert_array_equal(tile(grid, 6), enlarged(images[expected[6]]))
 
 
 def test_mistakes_png_is_the_same_bytes_every_time(tmp_path):
-    images, labels, logits, _ = predictions_with_mistakes(wrong=30)
-    write_mistakes(tmp_path / "first.png", images, labels, logits)
-    write_mistakes(tmp_path / "second.png", images, labels, logits.copy())
+    images, labels, probabilities, _ = predictions_with_mistakes(wrong=30)
+    write_mistakes(tmp_path / "first.png", images, labels, probabilities)
+    write_mistakes(tmp_path / "second.png", images, labels, probabilities.copy())
     assert (tmp_path / "first.png").read_bytes() == (tmp_path / "second.png").read_bytes()
     with Image.open(tmp_path / "first.png") as image:
         assert image.format == "PNG"
         np.testing.assert_array_equal(
-            np.asarray(image), np.asarray(draw_mistakes(images, labels, logits))
+            np.asarray(image), np.asarray(draw_mistakes(images, labels, probabilities))
         )
 
 
 def test_no_mistakes_gives_a_header_only_image(tmp_path):
-    images, labels, logits, _ = predictions_with_mistakes(wrong=0)
-    write_mistakes(tmp_path / "mistakes.png", images, labels, logits)
+    images, labels, probabilities, _ = predictions_with_mistakes(wrong=0)
+    write_mistakes(tmp_path / "mistakes.png", images, labels, probabilities)
     with Image.open(tmp_path / "mistakes.png") as image:
         assert image.size == (GRID_COLUMNS * TILE_WIDTH, HEADER_HEIGHT)
         assert np.asarray(image).min() < 128  # the "No mistakes" line is written on it
