@@ -199,22 +199,34 @@ def test_queued_sweep_runs_two_experiments_in_parallel(project):
     assert len(names) == 2, output
     run(["dvc", "queue", "start", "-j", "2"], root, env)  # returns once its workers started
     try:
+        # `dvc queue logs -f` follows a running experiment to its end (one process each,
+        # where polling `dvc queue status` would start one a second); it refuses one that
+        # has not started yet.
         deadline = time.monotonic() + 240
-        status = ""
-        while time.monotonic() < deadline:
-            status = run(["dvc", "queue", "status"], root, env)
-            if not re.search(r"\b(Queued|Running)\b", status):
-                break
-            time.sleep(1)
-        else:
-            pytest.fail(f"the queue did not finish in 240 s:\n{status}")
+        logs = {}
+        for name in sorted(names):
+            while name not in logs:
+                assert time.monotonic() < deadline, f"the queue did not finish in 240 s: {name}"
+                follow = subprocess.run(
+                    ["dvc", "queue", "logs", "--follow", name],
+                    cwd=root,
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    timeout=max(1, deadline - time.monotonic()),
+                )
+                if follow.returncode == 0:
+                    logs[name] = follow.stdout
+                else:
+                    assert "has not been started" in follow.stderr, follow.stderr
+                    time.sleep(1)
+        status = run(["dvc", "queue", "status"], root, env)
     finally:
         subprocess.run(
             ["dvc", "queue", "stop", "--kill"], cwd=root, env=env, capture_output=True, timeout=60
         )
     assert all(re.search(rf"{name}.*Success", status) for name in names), status
-    for name in names:
-        log = run(["dvc", "queue", "logs", name], root, env)
+    for log in logs.values():
         assert "Running stage 'export'" in log and "Running stage 'train'" not in log, log
     table = run(["dvc", "exp", "show", "--csv"], root, env)
     rows = {row["Experiment"]: row for row in csv.DictReader(table.splitlines())}
