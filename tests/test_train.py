@@ -80,11 +80,11 @@ def test_choices_are_listed_once_and_dispatched_on_the_same_names():
 
 def test_the_fast_model_leaves_28x28_at_once_and_has_its_documented_size():
     model = build_model("fast")
-    assert model.count_params() == 252_842  # as its docstring says
+    assert model.count_params() == 166_762  # as its docstring says
     # The stride-2 stem: the first convolution already works at 14x14.
     convolutions = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
     assert convolutions[0].output.shape[1:3] == (14, 14)
-    assert model.layers[-2].output.shape[1:] == (3 * 3 * 128,)  # flattened 3x3x128
+    assert model.layers[-2].output.shape[1:] == (3 * 3 * 96,)  # flattened 3x3x96
 
 
 @pytest.mark.parametrize("model", ["tutorial", "convnet", "fast"])
