@@ -113,25 +113,21 @@ def main() -> None:
                 file=sys.stderr,
                 flush=True,
             )
+    tutorial_summary, best_summary = summary(tutorials), summary(experiments)
+    tutorial_seconds = tutorial_summary["median_seconds"]
     results = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "load_average_1min_after": os.getloadavg()[0],
         "best_overrides": overrides,
-        "tutorial": summary(tutorials),
-        "best": summary(experiments),
-        "best_over_tutorial": round(
-            statistics.median(run["seconds"] for run in experiments)
-            / statistics.median(run["seconds"] for run in tutorials),
-            2,
-        ),
+        "tutorial": tutorial_summary,
+        "best": best_summary,
+        "best_over_tutorial": round(best_summary["median_seconds"] / tutorial_seconds, 2),
         "runs": {"tutorial": tutorials, "best": experiments},
     }
     if repros:
         median = statistics.median(run["seconds"] for run in repros)
         results["default_repro_median_seconds"] = median
-        results["default_repro_over_tutorial"] = round(
-            results["default_repro_median_seconds"] / results["tutorial"]["median_seconds"], 2
-        )
+        results["default_repro_over_tutorial"] = round(median / tutorial_seconds, 2)
         results["runs"]["default_repro"] = repros
     for key, value in results.items():
         if key != "runs":

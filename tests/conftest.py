@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
+from benchmarks.pipeline_timings import environment
 from stages.prepare import prepare
 
 REPO = Path(__file__).resolve().parents[1]
@@ -22,8 +21,7 @@ def scratch_env(**extra: str) -> dict[str, str]:
     """The environment for `git` and `dvc` in a scratch repository: this interpreter's
     `python` first on PATH (dvc.yaml's commands call `python`) and a git identity."""
     return {
-        **os.environ,
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        **environment(),
         "GIT_AUTHOR_NAME": "test",
         "GIT_AUTHOR_EMAIL": "test@example.invalid",
         "GIT_COMMITTER_NAME": "test",
