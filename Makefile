@@ -20,10 +20,10 @@ UV_COMPILE := uv pip compile --quiet --universal --python-version 3.11 --generat
 repro: $(STAMP)
 	dvc repro
 
-# Two workers, a test file each at a time (pytest-xdist): the files' module-scoped
-# projects are built once, and the long DVC runs overlap with the rest.
+# Two workers (pytest-xdist), fed as tests/conftest.py says: the end-to-end project's DVC
+# runs on one while the other runs the rest, a test at a time.
 test: $(DEV_STAMP)
-	pytest -n 2 --dist loadfile
+	pytest -n 2
 
 lint: $(DEV_STAMP)
 	ruff check . && ruff format --check .

@@ -1,7 +1,9 @@
-"""Shared fixtures: tiny synthetic MNIST-format data and params files in tmp_path."""
+"""Shared fixtures: tiny synthetic MNIST-format data and params files in tmp_path; and how
+`make test` shares the tests between its two pytest-xdist workers."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from pathlib import Path
@@ -9,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from xdist.scheduler import LoadScopeScheduling
 
 from benchmarks.pipeline_timings import environment
 from stages.prepare import prepare
@@ -79,3 +82,42 @@ def prepared(tmp_path: Path, raw_data) -> Path:
     out = tmp_path / "prepared"
     prepare(raw, checksums, out, params)
     return out
+
+
+# -- Two workers (`make test`: pytest -n 2) ------------------------------------------------
+# A test goes to whichever worker is free, except that a file with a module-scoped fixture
+# (a DVC project built once, a trained model) goes whole to one worker: split, each worker
+# would build the fixture. The end-to-end file, a third of the suite's time, goes first, so
+# the other worker runs everything else beside it. (pytest-xdist's `--dist loadgroup` would
+# group by marks, but with pytest 9.2 it silently stops grouping: pytest-xdist#1386.)
+LONGEST = "tests/test_end_to_end.py"
+
+
+@functools.cache
+def has_module_fixture(path: str) -> bool:
+    return 'scope="module"' in (REPO / path).read_text()
+
+
+class WholeFileWithModuleFixture(LoadScopeScheduling):
+    """pytest-xdist's scheduling by scope, a scope being a file or a single test."""
+
+    def _split_scope(self, nodeid: str) -> str:
+        path = nodeid.split("::", 1)[0]
+        return path if has_module_fixture(path) else nodeid
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    if config.getoption("dist") != "load":  # `-n 2` alone; `--dist loadfile` and the like win
+        return None
+    config.option.loadscopereorder = False  # in the order below, not by number of tests
+    return WholeFileWithModuleFixture(config, log)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The longest file, then the other files with a module fixture, then the rest."""
+
+    def rank(item: pytest.Item) -> int:
+        path = item.nodeid.split("::", 1)[0]
+        return 0 if path == LONGEST else 1 if has_module_fixture(path) else 2
+
+    items.sort(key=rank)  # stable: each file keeps its order

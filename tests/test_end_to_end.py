@@ -1,14 +1,17 @@
 """The real pipeline: `dvc repro`, `dvc exp run -S ...`, metrics and plots, in a scratch repo.
 
 One module-scoped project on real MNIST, capped to a small training subset so the whole
-file runs in about a minute and a half: the five stages through DVC itself, an experiment, a
-queued sweep, and a round trip through a DVC remote into a fresh clone.
+file runs in about a minute and a half: the five stages through DVC itself, a retraining
+killed with SIGKILL and resumed, an experiment, a queued sweep, and a round trip through a
+DVC remote into a fresh clone. The tests run in order, each on what the previous ones left.
 """
 
 import csv
 import json
+import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -71,6 +74,10 @@ def results(root: Path) -> dict:
 def project(tmp_path_factory):
     root = tmp_path_factory.mktemp("project")
     env = make_project(root, **SMALL)
+    # A DVC remote (a directory) in git before any experiment, as README says: `dvc exp push`
+    # sends an experiment's outputs to the remote its own commit names.
+    storage = tmp_path_factory.mktemp("storage")
+    run(["dvc", "remote", "add", "--default", "storage", str(storage)], root, env)
     output = run(["dvc", "repro"], root, env)
     run(["git", "add", "-A"], root, env)
     run(["git", "commit", "-qm", "repro"], root, env)
@@ -161,14 +168,45 @@ def test_metrics_and_plots_commands(project):
     assert shown.startswith(b"\x89PNG")
 
 
-def test_retraining_gives_the_same_model_so_nothing_downstream_is_stale(project):
+def last_epoch_saved(checkpoints: Path) -> int:
+    """The epoch of the checkpoint the manager's state file points to, if any."""
+    states = [path.read_text() for path in checkpoints.glob("*/checkpoint")]
+    saved = [re.search(r'model_checkpoint_path: "ckpt-(\d+)"', state) for state in states]
+    return max((int(match.group(1)) for match in saved if match), default=0)
+
+
+def test_a_killed_retraining_resumes_and_ends_with_the_same_model(project):
+    """A retraining killed with SIGKILL after its first epoch resumes there when run again,
+    and ends with the model and metrics of the uninterrupted first run: the same bytes, so
+    the same hash in dvc.lock, and evaluate and export are up to date."""
     root, env, _ = project
-    model = root / "models/mnist/saved_model.pb"
+    model, checkpoints = root / "models/mnist/saved_model.pb", root / ".checkpoints"
     before = {"model": model.read_bytes(), **results(root)}
-    output = run(["dvc", "repro", "--force", "--single-item", "train"], root, env)
-    assert "Running stage 'train'" in output
+    # --force: the params are the first run's, whose outputs DVC's run-cache would restore.
+    command = ["dvc", "repro", "--force", "--single-item", "train"]
+    process = subprocess.Popen(
+        command,
+        cwd=root,
+        env=env,
+        start_new_session=True,  # its own process group: DVC and the stage, killed together
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while last_epoch_saved(checkpoints) < 1 and time.monotonic() < deadline:
+            assert process.poll() is None, "dvc repro ended before it could be killed"
+            time.sleep(0.02)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    assert last_epoch_saved(checkpoints) >= 1, "no checkpoint of epoch 1 in time"
+    assert not model.exists()  # killed before the end (DVC deletes outputs before a run)
+
+    output = run(command, root, env)
+    assert re.search(r"train: resuming after epoch [12] ", output), output
+    assert not any(checkpoints.iterdir()), "a finished run's checkpoints are removed"
     assert {"model": model.read_bytes(), **results(root)} == before
-    # The same bytes, so the same hash in dvc.lock: evaluate and export are up to date.
     assert "up to date" in run(["dvc", "status"], root, env)
     assert run(["git", "status", "--porcelain"], root, env) == ""
 
@@ -241,8 +279,15 @@ def test_push_then_pull_into_a_fresh_clone_leaves_nothing_to_run(project, tmp_pa
     first, env, _ = project
     second, origin = tmp_path / "second", tmp_path / "origin.git"  # clone, git server
     assert run(["git", "status", "--porcelain"], first, env) == ""
-    run(["dvc", "remote", "add", "--default", "storage", str(tmp_path / "storage")], first, env)
-    run(["git", "commit", "-qm", "DVC remote", ".dvc/config"], first, env)
+    # The experiment that travels below: the queued sweep's `float` one (it ran just before).
+    table = run(["dvc", "exp", "show", "--csv"], first, env)
+    floats = [
+        row["Experiment"]
+        for row in csv.DictReader(table.splitlines())
+        if row["quantization"] == "float"
+    ]
+    assert len(floats) == 1, f"not one experiment with quantization: float:\n{table}"
+    experiment = floats[0]
     run(["git", "init", "-q", "--bare", "-b", "main", str(origin)], tmp_path, env)
     run(["git", "remote", "add", "origin", str(origin)], first, env)
     run(["git", "push", "-q", "origin", "main"], first, env)
@@ -257,13 +302,10 @@ def test_push_then_pull_into_a_fresh_clone_leaves_nothing_to_run(project, tmp_pa
     assert results(second) == results(first)
 
     # An experiment travels the same way, with its outputs: applying it runs nothing.
-    # (--temp: it runs beside the workspace, which stays as committed for the other tests.)
-    command = ["dvc", "exp", "run", "--temp", "--name", "float-model", "-S", "quantization=float"]
-    run(command, first, env)
-    run(["dvc", "exp", "push", "origin", "float-model"], first, env)
-    run(["dvc", "exp", "pull", "origin", "float-model"], second, env)
-    assert "float-model" in run(["dvc", "exp", "list"], second, env)
-    run(["dvc", "exp", "apply", "float-model"], second, env)
+    run(["dvc", "exp", "push", "origin", experiment], first, env)
+    run(["dvc", "exp", "pull", "origin", experiment], second, env)
+    assert experiment in run(["dvc", "exp", "list"], second, env)
+    run(["dvc", "exp", "apply", experiment], second, env)
     assert "quantization: float" in (second / "params.yaml").read_text()
     output = run(["dvc", "repro"], second, env)
     assert "Running stage" not in output, output

@@ -422,17 +422,6 @@ def test_the_params_loader_does_not_import_tensorflow():
     assert result.stdout.strip() == "False"
 
 
-def test_a_stage_command_prints_no_tensorflow_start_up_notices():
-    result = subprocess.run(
-        [sys.executable, "-m", "stages.train", "--help"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    assert result.stderr == "" and result.stdout.startswith("usage:")
-
-
 def test_runaway_training_stops_naming_learning_rate_and_writes_nothing(
     prepared, tmp_path, monkeypatch
 ):
