@@ -218,15 +218,13 @@ def test_saved_model_round_trip_through_its_signature(tmp_path):
     assert load_classifier(tmp_path / "model") is not None
 
 
-def test_train_learns_and_is_deterministic(prepared, tmp_path):
+def test_train_learns(prepared, tmp_path):
     run = train_stage.train(prepared, TINY, tmp_path / "checkpoints")
     assert [row["epoch"] for row in run.history] == [1, 2]
     assert run.history[-1]["train_loss"] < run.history[0]["train_loss"]
     assert run.history[-1]["validation_accuracy"] > 0.5  # 10 classes: chance is 0.1
     # Whole groups of 2 steps: 12 full batches per epoch, all of them used.
     assert int(run.trainer.optimizer.iterations) == 2 * 12
-    again = train_stage.train(prepared, TINY, tmp_path / "other")
-    assert again.history == run.history
 
 
 def test_an_epoch_is_whole_groups_and_the_cosine_schedule_ends_at_zero(prepared, tmp_path):
@@ -274,7 +272,11 @@ def test_a_crashed_run_resumes_at_its_last_epoch_with_the_same_dvclive_files(
     monkeypatch.setattr(train_stage, "run_epoch", real_run_epoch)
     resumed = train_stage.train(prepared, params, tmp_path / "b", tmp_path / "live-b")
     assert "resuming after epoch 2" in capsys.readouterr().out
+    # Equal to the bit: the runs are deterministic, and resuming changes nothing.
     assert resumed.history == uninterrupted.history
+    weights = zip(resumed.trainer.model.weights, uninterrupted.trainer.model.weights, strict=True)
+    for resumed_weight, uninterrupted_weight in weights:
+        np.testing.assert_array_equal(resumed_weight.numpy(), uninterrupted_weight.numpy())
     assert live_files(tmp_path / "live-b") == expected
     resumed.checkpoints.remove()
     assert not resumed.checkpoints.directory.exists()
