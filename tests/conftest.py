@@ -93,6 +93,10 @@ def prepared(tmp_path: Path, raw_data) -> Path:
 LONGEST = "tests/test_end_to_end.py"
 
 
+def file_of(nodeid: str) -> str:
+    return nodeid.split("::", 1)[0]
+
+
 @functools.cache
 def has_module_fixture(path: str) -> bool:
     return 'scope="module"' in (REPO / path).read_text()
@@ -102,7 +106,7 @@ class WholeFileWithModuleFixture(LoadScopeScheduling):
     """pytest-xdist's scheduling by scope, a scope being a file or a single test."""
 
     def _split_scope(self, nodeid: str) -> str:
-        path = nodeid.split("::", 1)[0]
+        path = file_of(nodeid)
         return path if has_module_fixture(path) else nodeid
 
 
@@ -117,7 +121,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The longest file, then the other files with a module fixture, then the rest."""
 
     def rank(item: pytest.Item) -> int:
-        path = item.nodeid.split("::", 1)[0]
+        path = file_of(item.nodeid)
         return 0 if path == LONGEST else 1 if has_module_fixture(path) else 2
 
     items.sort(key=rank)  # stable: each file keeps its order

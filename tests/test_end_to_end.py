@@ -70,6 +70,11 @@ def results(root: Path) -> dict:
     }
 
 
+def experiments(root: Path, env: dict) -> list[dict]:
+    """The rows of `dvc exp show --csv`: the workspace, the baseline and its experiments."""
+    return list(csv.DictReader(run(["dvc", "exp", "show", "--csv"], root, env).splitlines()))
+
+
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     root = tmp_path_factory.mktemp("project")
@@ -217,8 +222,7 @@ def test_experiment_reruns_train_and_evaluate_but_not_prepare(project):
     output = run(["dvc", "exp", "run", "-S", "epochs=1", "-S", "learning_rate=1e-5"], root, env)
     assert "Running stage 'prepare'" not in output
     assert "Running stage 'train'" in output and "Running stage 'evaluate'" in output
-    table = run(["dvc", "exp", "show", "--csv"], root, env)
-    rows = list(csv.DictReader(table.splitlines()))
+    rows = experiments(root, env)
     assert {row["epochs"] for row in rows} >= {"1", "2"}
     assert any(row["learning_rate"] in ("1e-05", "1e-5") for row in rows)
     # Back to the committed params: DVC's run-cache restores the outputs, nothing trains.
@@ -265,8 +269,7 @@ def test_queued_sweep_runs_two_experiments_in_parallel(project):
     assert all(re.search(rf"{name}.*Success", status) for name in names), status
     for log in logs.values():
         assert "Running stage 'export'" in log and "Running stage 'train'" not in log, log
-    table = run(["dvc", "exp", "show", "--csv"], root, env)
-    rows = {row["Experiment"]: row for row in csv.DictReader(table.splitlines())}
+    rows = {row["Experiment"]: row for row in experiments(root, env)}
     assert {rows[name]["quantization"] for name in names} == {"float", "int8"}
     sizes = {rows[name]["quantization"]: int(rows[name]["tflite_bytes"]) for name in names}
     assert sizes["float"] > 3 * sizes["int8"]  # 4-byte weights against 1-byte ones
@@ -280,13 +283,9 @@ def test_push_then_pull_into_a_fresh_clone_leaves_nothing_to_run(project, tmp_pa
     second, origin = tmp_path / "second", tmp_path / "origin.git"  # clone, git server
     assert run(["git", "status", "--porcelain"], first, env) == ""
     # The experiment that travels below: the queued sweep's `float` one (it ran just before).
-    table = run(["dvc", "exp", "show", "--csv"], first, env)
-    floats = [
-        row["Experiment"]
-        for row in csv.DictReader(table.splitlines())
-        if row["quantization"] == "float"
-    ]
-    assert len(floats) == 1, f"not one experiment with quantization: float:\n{table}"
+    rows = experiments(first, env)
+    floats = [row["Experiment"] for row in rows if row["quantization"] == "float"]
+    assert len(floats) == 1, f"not one experiment with quantization: float: {rows}"
     experiment = floats[0]
     run(["git", "init", "-q", "--bare", "-b", "main", str(origin)], tmp_path, env)
     run(["git", "remote", "add", "origin", str(origin)], first, env)
