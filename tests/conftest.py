@@ -33,6 +33,15 @@ def scratch_env(**extra: str) -> dict[str, str]:
     }
 
 
+def files(directory: Path) -> dict[str, bytes]:
+    """Every file under `directory`, by its path relative to it, as bytes."""
+    return {
+        path.relative_to(directory).as_posix(): path.read_bytes()
+        for path in sorted(directory.rglob("*"))
+        if path.is_file()
+    }
+
+
 def write_params(path: Path, **overrides) -> Path:
     """params.yaml with the repository's values, some overridden."""
     path.write_text(yaml.safe_dump({**DEFAULT_PARAMS, **overrides}, sort_keys=False))
@@ -110,11 +119,21 @@ class WholeFileWithModuleFixture(LoadScopeScheduling):
         return path if has_module_fixture(path) else nodeid
 
 
-def pytest_xdist_make_scheduler(config: pytest.Config, log):
-    if config.getoption("dist") != "load":  # `-n 2` alone; `--dist loadfile` and the like win
-        return None
-    config.option.loadscopereorder = False  # in the order below, not by number of tests
-    return WholeFileWithModuleFixture(config, log)
+class TwoWorkers:
+    """pytest-xdist's hook, registered only when xdist is loaded (`-p no:xdist` runs without
+    it: pytest refuses a hook that no plugin declares)."""
+
+    @staticmethod
+    def pytest_xdist_make_scheduler(config: pytest.Config, log):
+        if config.getoption("dist") != "load":  # `-n 2` alone; `--dist loadfile` and the like win
+            return None
+        config.option.loadscopereorder = False  # in the order below, not by number of tests
+        return WholeFileWithModuleFixture(config, log)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.pluginmanager.hasplugin("xdist"):
+        config.pluginmanager.register(TwoWorkers())
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

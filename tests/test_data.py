@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from stages import records
-from stages.prepare import prepare
-from tests.conftest import synthetic_arrays, write_raw
+from stages.prepare import load_raw, prepare
+from tests.conftest import REPO, synthetic_arrays, write_raw
 
 PARAMS = {"seed": 0, "validation_size": 40, "max_train_examples": None, "examples_per_shard": 64}
 
@@ -22,6 +22,24 @@ def test_round_trip_gives_back_the_same_pixels_and_labels(tmp_path):
     np.testing.assert_array_equal(read_images, images)
     np.testing.assert_array_equal(read_labels, labels)
     assert read_images.dtype == np.uint8 and read_labels.dtype == np.int32
+
+
+def test_the_shipped_data_is_mnist_and_matches_its_checksums(tmp_path):
+    # prepare's own check of data/raw (shapes, label range, each array's SHA-256), then what
+    # the file's provenance says of MNIST: its first labels and its class counts.
+    raw = REPO / "data/raw"
+    arrays = load_raw(raw / "mnist.npz", raw / "checksums.json", tmp_path / "arrays")
+    assert arrays["x_train"].shape == (60_000, 28, 28) and arrays["x_test"].shape == (
+        10_000,
+        28,
+        28,
+    )
+    assert arrays["y_train"][:10].tolist() == [5, 0, 4, 1, 9, 2, 1, 3, 1, 4]
+    assert arrays["y_test"][:10].tolist() == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]
+    train_counts = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+    assert np.bincount(arrays["y_train"]).tolist() == train_counts
+    test_counts = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+    assert np.bincount(arrays["y_test"]).tolist() == test_counts
 
 
 def test_prepare_splits_the_training_set_and_keeps_the_test_set(prepared, raw_data):

@@ -23,7 +23,9 @@ import pytest
 import tensorflow as tf
 
 from stages import records
-from tests.conftest import REPO, synthetic_arrays, write_params
+from stages import train as train_stage
+from stages.model import export_saved_model
+from tests.conftest import DEFAULT_PARAMS, REPO, synthetic_arrays, write_params
 
 # A small learning rate: on the synthetic digits the loss falls over all three epochs
 # instead of reaching zero in the first, so the two trajectories are compared all along.
@@ -143,18 +145,16 @@ def classify(model: Path, images: np.ndarray) -> dict[str, np.ndarray]:
 
 def test_mirrored_follows_the_single_device_trajectory(prepared, tmp_path):
     # XLA cannot run replicas on CPU devices, so `mirrored` turns it off: compare it with
-    # `none` without XLA, the same computation on one device.
-    runs = {
-        "none": write_params(tmp_path / "none.yaml", **SMALL, distribute="none", jit_compile=False),
-        "mirrored": write_params(tmp_path / "mirrored.yaml", **SMALL, distribute="mirrored"),
-    }
-    env = environment()
-    outputs = run_together(
-        [(train_command(prepared, tmp_path / name, params), env) for name, params in runs.items()],
-        tmp_path,
-    )
-    assert "jit_compile off: XLA cannot run 2 replicas on CPU" in outputs[1]
+    # `none` without XLA, the same computation on one device (here, in this process).
+    params = write_params(tmp_path / "mirrored.yaml", **SMALL, distribute="mirrored")
+    command = train_command(prepared, tmp_path / "mirrored", params)
+    (output,) = run_together([(command, environment())], tmp_path)
+    assert "jit_compile off: XLA cannot run 2 replicas on CPU" in output
+    none = {**DEFAULT_PARAMS, **SMALL, "distribute": "none", "jit_compile": False}
+    run = train_stage.train(prepared, none, tmp_path / "checkpoints", tmp_path / "none/metrics")
+    export_saved_model(run.trainer.model, tmp_path / "none/model")
 
+    runs = ("none", "mirrored")
     single, mirrored = (read_history(tmp_path / name / "metrics") for name in runs)
     assert list(mirrored["epoch"]) == [1, 2, 3]
     assert single["train/loss"][-1] < 0.5 * single["train/loss"][0]  # a real trajectory

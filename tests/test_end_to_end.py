@@ -1,9 +1,11 @@
 """The real pipeline: `dvc repro`, `dvc exp run -S ...`, metrics and plots, in a scratch repo.
 
-One module-scoped project on real MNIST, capped to a small training subset so the whole
-file runs in about a minute and a half: the five stages through DVC itself, a retraining
-killed with SIGKILL and resumed, an experiment, a queued sweep, and a round trip through a
-DVC remote into a fresh clone. The tests run in order, each on what the previous ones left.
+One module-scoped project on a subset of real MNIST (5,000 training and 2,000 test digits
+of the shipped file, 3,000 of them trained on for 2 epochs), so the whole file runs in
+about a minute and a half: the five stages through DVC itself, the first `dvc repro`
+killed with SIGKILL during training and resumed, a queued experiment, a round trip
+through a DVC remote into a fresh clone, and an experiment in the workspace. The tests
+run in order, each on what the previous ones left.
 """
 
 import csv
@@ -17,19 +19,16 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from tests.conftest import REPO, scratch_env, write_params
+from tests.conftest import REPO, files, scratch_env, write_params, write_raw
 
 SMALL = {"max_train_examples": 3000, "validation_size": 1000, "epochs": 2}
-COPIED = [
-    "stages",
-    "dvc.yaml",
-    "data/raw/mnist.npz",
-    "data/raw/checksums.json",
-    ".gitignore",
-    ".dvcignore",
-]
+# The first images of the shipped data set: 1,000 of the training ones go to validation,
+# 3,000 of the other 4,000 to training (max_train_examples), and every test one is tested.
+TRAIN_IMAGES, TEST_IMAGES = 5000, 2000
+COPIED = ["stages", "dvc.yaml", ".gitignore", ".dvcignore"]
 
 
 def run(command: list[str], cwd: Path, env: dict, timeout: int = 300) -> str:
@@ -42,14 +41,20 @@ def run(command: list[str], cwd: Path, env: dict, timeout: int = 300) -> str:
 
 
 def make_project(root: Path, **params) -> dict:
-    """A git + DVC repository at `root` with this project's code, data and `params`."""
+    """A git + DVC repository at `root` with this project's code, `params` and a subset of
+    the shipped MNIST (with its checksums, as prepare checks them)."""
     for name in COPIED:
         source, target = REPO / name, root / name
-        target.parent.mkdir(parents=True, exist_ok=True)
         if source.is_dir():
             shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy(source, target)
+    with np.load(REPO / "data/raw/mnist.npz") as mnist:
+        subset = {
+            name: mnist[name][: TRAIN_IMAGES if name.endswith("train") else TEST_IMAGES]
+            for name in ("x_train", "y_train", "x_test", "y_test")
+        }
+    write_raw(root / "data/raw", subset)
     write_params(root / "params.yaml", **params)
     env = scratch_env()
     run(["git", "init", "-q", "-b", "main"], root, env)
@@ -60,83 +65,134 @@ def make_project(root: Path, **params) -> dict:
     return env
 
 
-def results(root: Path) -> dict:
+def results(root: Path) -> dict[str, bytes]:
     """Every metrics file of `root` (none holds a wall-clock time), by path."""
-    metrics = root / "metrics"
+    return files(root / "metrics")
+
+
+def experiments(root: Path, env: dict) -> dict[str, dict]:
+    """The rows of `dvc exp show --csv` by name: workspace, main and each experiment."""
+    rows = csv.DictReader(run(["dvc", "exp", "show", "--csv"], root, env).splitlines())
+    return {row["Experiment"] or row["rev"]: row for row in rows}
+
+
+def last_epoch_saved(checkpoints: Path) -> int:
+    """The epoch of the checkpoint the manager's state file points to, if any."""
+    states = [path.read_text() for path in checkpoints.glob("*/checkpoint")]
+    saved = [re.search(r'model_checkpoint_path: "ckpt-(\d+)"', state) for state in states]
+    return max((int(match.group(1)) for match in saved if match), default=0)
+
+
+def repro_killed_after_epoch_one(root: Path, env: dict, log: Path) -> dict:
+    """Start `dvc repro`, kill DVC and the stage with SIGKILL once train has saved the
+    checkpoint of its first epoch; return its output and what it left."""
+    checkpoints = root / ".checkpoints"
+    with log.open("w") as output:
+        process = subprocess.Popen(
+            ["dvc", "repro"],
+            cwd=root,
+            env=env,
+            start_new_session=True,  # its own process group: DVC and the stage, killed together
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 240
+        while last_epoch_saved(checkpoints) < 1 and time.monotonic() < deadline:
+            assert process.poll() is None, f"dvc repro ended, not killed:\n{log.read_text()}"
+            time.sleep(0.02)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
     return {
-        path.relative_to(metrics).as_posix(): path.read_bytes()
-        for path in sorted(metrics.rglob("*"))
-        if path.is_file()
+        "output": log.read_text(),
+        "epoch": last_epoch_saved(checkpoints),
+        "model": (root / "models/mnist").exists(),
     }
-
-
-def experiments(root: Path, env: dict) -> list[dict]:
-    """The rows of `dvc exp show --csv`: the workspace, the baseline and its experiments."""
-    return list(csv.DictReader(run(["dvc", "exp", "show", "--csv"], root, env).splitlines()))
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
+    """The project after its first `dvc repro`, killed during training, and the second,
+    which resumed it; both committed, with a DVC remote (a directory) in git before any
+    experiment, as README says (`dvc exp push` sends an experiment's outputs to the remote
+    its own commit names)."""
     root = tmp_path_factory.mktemp("project")
     env = make_project(root, **SMALL)
-    # A DVC remote (a directory) in git before any experiment, as README says: `dvc exp push`
-    # sends an experiment's outputs to the remote its own commit names.
     storage = tmp_path_factory.mktemp("storage")
     run(["dvc", "remote", "add", "--default", "storage", str(storage)], root, env)
+    killed = repro_killed_after_epoch_one(root, env, tmp_path_factory.mktemp("log") / "repro")
     output = run(["dvc", "repro"], root, env)
     run(["git", "add", "-A"], root, env)
     run(["git", "commit", "-qm", "repro"], root, env)
-    return root, env, output
+    return root, env, killed, output
 
 
 def test_repro_runs_every_stage_and_writes_the_outputs(project):
-    root, _, output = project
-    for stage in ("prepare", "train", "evaluate"):
+    root, _, killed, output = project
+    for stage in ("validate", "prepare", "train"):
+        assert f"Running stage '{stage}'" in killed["output"]
+    for stage in ("train", "evaluate", "export"):
         assert f"Running stage '{stage}'" in output
     evaluation = json.loads((root / "metrics/eval.json").read_text())
     assert evaluation["accuracy"] > 0.85  # 3,000 training images, 2 epochs
     per_class = json.loads((root / "metrics/per_class.json").read_text())
     assert [row["digit"] for row in per_class] == [str(digit) for digit in range(10)]
-    assert sum(row["examples"] for row in per_class) == 10_000
+    assert sum(row["examples"] for row in per_class) == TEST_IMAGES
     training = json.loads((root / "metrics/train/metrics.json").read_text())
     assert training["validation"]["accuracy"] > 0.8 and training["step"] == 2
     losses = (root / "metrics/train/plots/metrics/validation/loss.tsv").open()
     history = list(csv.DictReader(losses, delimiter="\t"))
     assert [row["step"] for row in history] == ["1", "2"]
-    assert len((root / "metrics/confusion.csv").read_text().splitlines()) == 10_001
-    assert not (root / ".checkpoints").exists() or not any((root / ".checkpoints").iterdir())
+    assert len((root / "metrics/confusion.csv").read_text().splitlines()) == TEST_IMAGES + 1
+    export = json.loads((root / "metrics/export.json").read_text())
+    assert abs(export["tflite_accuracy"] - evaluation["accuracy"]) < 0.01  # int8 weights
 
 
-def test_saved_model_serves_with_plain_tensorflow(project):
-    root, env, _ = project
-    # A fresh interpreter in a directory without this project's code: TensorFlow only.
-    script = """
-import json, sys, numpy as np, tensorflow as tf
-serve = tf.saved_model.load("model").signatures["serving_default"]
-data = np.load("mnist.npz")
-classes = np.concatenate([serve(images=tf.constant(data["x_test"][i:i + 1000]))["classes"]
-                          for i in range(0, 10000, 1000)])
-print(json.dumps(float(np.mean(classes == data["y_test"]))))
-"""
-    scratch = root.parent / "plain"
-    scratch.mkdir()
-    shutil.copytree(root / "models/mnist", scratch / "model")
-    shutil.copy(root / "data/raw/mnist.npz", scratch / "mnist.npz")
-    output = run([sys.executable, "-c", script], scratch, {**env, "PYTHONPATH": ""})
-    accuracy = json.loads(output.strip().splitlines()[-1])
-    reported = json.loads((root / "metrics/eval.json").read_text())["accuracy"]
-    assert accuracy == pytest.approx(reported)
+def test_a_killed_repro_resumes_at_its_last_epoch(project):
+    """SIGKILL during train's second epoch (DVC and the stage at once): the stages before it
+    are recorded in dvc.lock, train's checkpoint of epoch 1 survives DVC deleting its
+    outputs, and the next `dvc repro` resumes there, then removes the checkpoint. (That a
+    resumed run ends with an uninterrupted run's weights to the bit is test_train's; that
+    the same weights give the same SavedModel bytes, so the same hash in dvc.lock,
+    test_export's.)"""
+    root, _, killed, output = project
+    assert killed["epoch"] >= 1 and not killed["model"], killed["output"]
+    assert "Running stage 'prepare'" not in output  # finished before the kill
+    assert re.search(r"train: resuming after epoch [12] ", output), output
+    assert not any((root / ".checkpoints").iterdir()), "a finished run's checkpoints are removed"
+
+
+def test_tf_serving_loader_gives_the_classes_evaluate_wrote(project, tmp_path):
+    """`saved_model_cli run`, TensorFlow's own CLI, loads the SavedModel through the graph
+    loader that TensorFlow Serving shares (not tf.saved_model.load, which evaluate and
+    export use in their own fresh processes, without the training code)."""
+    root, env, _, _ = project
+    with np.load(root / "data/raw/mnist.npz") as mnist:
+        np.save(tmp_path / "images.npy", mnist["x_test"][:100])
+    command = [
+        *(sys.executable, "-m", "tensorflow.python.tools.saved_model_cli", "run"),
+        *("--dir", "models/mnist", "--tag_set", "serve", "--signature_def", "serving_default"),
+        *("--inputs", f"images={tmp_path / 'images.npy'}"),
+    ]
+    output = run(command, root, env)
+    printed = re.search(r"Result for output key classes:\s*\[([\d\s]+)\]", output)
+    assert printed, output[-2000:]
+    confusion = csv.DictReader((root / "metrics/confusion.csv").read_text().splitlines())
+    evaluated = [int(row["predicted"]) for row in confusion][:100]
+    assert [int(digit) for digit in printed[1].split()] == evaluated
 
 
 def test_repro_right_after_is_a_no_op(project):
-    root, env, _ = project
+    root, env, _, _ = project
     output = run(["dvc", "repro"], root, env)
     assert "Running stage" not in output
     assert "up to date" in output
+    assert run(["git", "status", "--porcelain"], root, env) == ""
 
 
 def test_a_refused_value_keeps_every_output(project):
-    root, env, _ = project
+    root, env, _, _ = project
     model = root / "models/mnist/saved_model.pb"
     before = {"model": model.read_bytes(), **results(root)}
     result = subprocess.run(
@@ -159,7 +215,7 @@ def test_a_refused_value_keeps_every_output(project):
 
 
 def test_metrics_and_plots_commands(project):
-    root, env, _ = project
+    root, env, _, _ = project
     metrics = run(["dvc", "metrics", "show", "--json"], root, env)
     assert '"accuracy"' in metrics and "metrics/eval.json" in metrics
     run(["dvc", "plots", "show"], root, env)
@@ -173,120 +229,63 @@ def test_metrics_and_plots_commands(project):
     assert shown.startswith(b"\x89PNG")
 
 
-def last_epoch_saved(checkpoints: Path) -> int:
-    """The epoch of the checkpoint the manager's state file points to, if any."""
-    states = [path.read_text() for path in checkpoints.glob("*/checkpoint")]
-    saved = [re.search(r'model_checkpoint_path: "ckpt-(\d+)"', state) for state in states]
-    return max((int(match.group(1)) for match in saved if match), default=0)
-
-
-def test_a_killed_retraining_resumes_and_ends_with_the_same_model(project):
-    """A retraining killed with SIGKILL after its first epoch resumes there when run again,
-    and ends with the model and metrics of the uninterrupted first run: the same bytes, so
-    the same hash in dvc.lock, and evaluate and export are up to date."""
-    root, env, _ = project
-    model, checkpoints = root / "models/mnist/saved_model.pb", root / ".checkpoints"
-    before = {"model": model.read_bytes(), **results(root)}
-    # --force: the params are the first run's, whose outputs DVC's run-cache would restore.
-    command = ["dvc", "repro", "--force", "--single-item", "train"]
-    process = subprocess.Popen(
-        command,
-        cwd=root,
-        env=env,
-        start_new_session=True,  # its own process group: DVC and the stage, killed together
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+def test_a_queued_experiment_runs_in_a_copy_of_what_git_and_dvc_track(project):
+    root, env, _, _ = project
+    # As in README's sweeps. The queue runs each experiment in a temporary copy of the
+    # repository holding only what git and DVC track (a git-ignored input would be missing
+    # there), so this one trains, evaluates and exports there, reading the 1e-05 that DVC
+    # writes back for 1e-5.
+    queue = ["dvc", "exp", "run", "--queue", "-S", "epochs=1", "-S", "learning_rate=1e-5"]
+    output = run(queue, root, env)
+    (name,) = re.findall(r"Queued experiment '([\w-]+)'", output)
+    # Its output not captured: the workers it starts keep whatever it writes to open until
+    # they exit, idle a while after the queue is empty.
+    start = ["dvc", "queue", "start"]
+    subprocess.run(start, cwd=root, env=env, stdout=subprocess.DEVNULL, check=True, timeout=60)
     try:
-        deadline = time.monotonic() + 240
-        while last_epoch_saved(checkpoints) < 1 and time.monotonic() < deadline:
-            assert process.poll() is None, "dvc repro ended before it could be killed"
-            time.sleep(0.02)
-    finally:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-    assert last_epoch_saved(checkpoints) >= 1, "no checkpoint of epoch 1 in time"
-    assert not model.exists()  # killed before the end (DVC deletes outputs before a run)
-
-    output = run(command, root, env)
-    assert re.search(r"train: resuming after epoch [12] ", output), output
-    assert not any(checkpoints.iterdir()), "a finished run's checkpoints are removed"
-    assert {"model": model.read_bytes(), **results(root)} == before
-    assert "up to date" in run(["dvc", "status"], root, env)
-    assert run(["git", "status", "--porcelain"], root, env) == ""
-
-
-def test_experiment_reruns_train_and_evaluate_but_not_prepare(project):
-    root, env, _ = project
-    # As users type it, including the 1e-5 that DVC writes back as 1e-05.
-    output = run(["dvc", "exp", "run", "-S", "epochs=1", "-S", "learning_rate=1e-5"], root, env)
-    assert "Running stage 'prepare'" not in output
-    assert "Running stage 'train'" in output and "Running stage 'evaluate'" in output
-    rows = experiments(root, env)
-    assert {row["epochs"] for row in rows} >= {"1", "2"}
-    assert any(row["learning_rate"] in ("1e-05", "1e-5") for row in rows)
-    # Back to the committed params: DVC's run-cache restores the outputs, nothing trains.
-    output = run(["dvc", "exp", "run", "-S", "epochs=2", "-S", "learning_rate=0.001"], root, env)
-    assert "Stage 'train' is cached - skipping run" in output
-
-
-def test_queued_sweep_runs_two_experiments_in_parallel(project):
-    root, env, _ = project
-    # As in README, one queued experiment per value; the queue runs each in a copy of the
-    # repository holding only what git and DVC track. A sweep of the export's quantization
-    # re-runs the least (validate and export): train's model comes from the DVC cache.
-    output = run(["dvc", "exp", "run", "--queue", "-S", "quantization=float,int8"], root, env)
-    names = set(re.findall(r"Queued experiment '([\w-]+)'", output))
-    assert len(names) == 2, output
-    run(["dvc", "queue", "start", "-j", "2"], root, env)  # returns once its workers started
-    try:
-        # `dvc queue logs -f` follows a running experiment to its end (one process each,
+        # `dvc queue logs --follow` follows a running experiment to its end (one process,
         # where polling `dvc queue status` would start one a second); it refuses one that
         # has not started yet.
         deadline = time.monotonic() + 240
-        logs = {}
-        for name in sorted(names):
-            while name not in logs:
-                assert time.monotonic() < deadline, f"the queue did not finish in 240 s: {name}"
-                follow = subprocess.run(
-                    ["dvc", "queue", "logs", "--follow", name],
-                    cwd=root,
-                    env=env,
-                    capture_output=True,
-                    text=True,
-                    timeout=max(1, deadline - time.monotonic()),
-                )
-                if follow.returncode == 0:
-                    logs[name] = follow.stdout
-                else:
-                    assert "has not been started" in follow.stderr, follow.stderr
-                    time.sleep(1)
+        while True:
+            follow = subprocess.run(
+                ["dvc", "queue", "logs", "--follow", name],
+                cwd=root,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=max(1, deadline - time.monotonic()),
+            )
+            if follow.returncode == 0:
+                break
+            assert "has not been started" in follow.stderr, follow.stderr
+            assert time.monotonic() < deadline, f"the queue did not start {name} in 240 s"
+            time.sleep(1)
         status = run(["dvc", "queue", "status"], root, env)
     finally:
-        subprocess.run(
-            ["dvc", "queue", "stop", "--kill"], cwd=root, env=env, capture_output=True, timeout=60
-        )
-    assert all(re.search(rf"{name}.*Success", status) for name in names), status
-    for log in logs.values():
-        assert "Running stage 'export'" in log and "Running stage 'train'" not in log, log
-    rows = {row["Experiment"]: row for row in experiments(root, env)}
-    assert {rows[name]["quantization"] for name in names} == {"float", "int8"}
-    sizes = {rows[name]["quantization"]: int(rows[name]["tflite_bytes"]) for name in names}
-    assert sizes["float"] > 3 * sizes["int8"]  # 4-byte weights against 1-byte ones
-    assert all(0.85 < float(rows[name]["tflite_accuracy"]) <= 1 for name in names)
+        stop = ["dvc", "queue", "stop", "--kill"]
+        subprocess.run(stop, cwd=root, env=env, capture_output=True, timeout=60)
+    assert re.search(rf"{name}.*Success", status), status
+    for stage in ("train", "evaluate", "export"):
+        assert f"Running stage '{stage}'" in follow.stdout, follow.stdout
+    assert "Running stage 'prepare'" not in follow.stdout, follow.stdout
+    rows = experiments(root, env)
+    assert rows[name]["learning_rate"] == "1e-05"
+    assert rows[name]["epochs"] == "1"
+    assert float(rows[name]["accuracy"]) < float(rows["main"]["accuracy"])  # 100x smaller steps
 
 
 def test_push_then_pull_into_a_fresh_clone_leaves_nothing_to_run(project, tmp_path):
     """The remote round trip as README shows it: `dvc push` and `dvc exp push` in one clone;
     `git clone`, `dvc pull` and `dvc exp pull` in another, which then has every output."""
-    first, env, _ = project
+    first, env, _, _ = project
     second, origin = tmp_path / "second", tmp_path / "origin.git"  # clone, git server
     assert run(["git", "status", "--porcelain"], first, env) == ""
-    # The experiment that travels below: the queued sweep's `float` one (it ran just before).
+    # The experiment that travels below: the queued one.
     rows = experiments(first, env)
-    floats = [row["Experiment"] for row in rows if row["quantization"] == "float"]
-    assert len(floats) == 1, f"not one experiment with quantization: float: {rows}"
-    experiment = floats[0]
+    retrained = [name for name, row in rows.items() if row["learning_rate"] == "1e-05"]
+    assert retrained, f"no experiment with learning_rate: 1e-05: {rows}"
+    experiment = retrained[0]
     run(["git", "init", "-q", "--bare", "-b", "main", str(origin)], tmp_path, env)
     run(["git", "remote", "add", "origin", str(origin)], first, env)
     run(["git", "push", "-q", "origin", "main"], first, env)
@@ -305,9 +304,23 @@ def test_push_then_pull_into_a_fresh_clone_leaves_nothing_to_run(project, tmp_pa
     run(["dvc", "exp", "pull", "origin", experiment], second, env)
     assert experiment in run(["dvc", "exp", "list"], second, env)
     run(["dvc", "exp", "apply", experiment], second, env)
-    assert "quantization: float" in (second / "params.yaml").read_text()
+    assert "learning_rate: 1e-05" in (second / "params.yaml").read_text()
     output = run(["dvc", "repro"], second, env)
     assert "Running stage" not in output, output
-    assert (second / "models/mnist.tflite").stat().st_size > 3 * (
-        first / "models/mnist.tflite"
-    ).stat().st_size  # float weights, against the committed dynamic-range (int8) ones
+    accuracy = json.loads((second / "metrics/eval.json").read_text())["accuracy"]
+    assert accuracy == pytest.approx(float(rows[experiment]["accuracy"]))
+    assert results(second) != results(first)
+
+
+def test_experiment_in_the_workspace_comes_from_the_run_cache(project):
+    root, env, _, _ = project
+    # As users type it. The queue trained these params already: DVC's run-cache restores
+    # train's outputs (and evaluate's and export's) instead of running them again.
+    output = run(["dvc", "exp", "run", "-S", "epochs=1", "-S", "learning_rate=1e-5"], root, env)
+    assert "Stage 'train' is cached - skipping run" in output, output
+    assert not re.search(r"Running stage '(prepare|train|evaluate|export)'", output), output
+    assert "learning_rate: 1e-05" in (root / "params.yaml").read_text()
+    assert "epochs: 1" in (root / "params.yaml").read_text()
+    rows = experiments(root, env)
+    accuracies = [row["accuracy"] for row in rows.values()]
+    assert accuracies.count(rows["workspace"]["accuracy"]) == 3  # its own and the queue's

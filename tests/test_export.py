@@ -2,13 +2,13 @@
 
 One tiny model trained on synthetic digits serves every test; each consumer's answers are
 compared with the model's own (a converted model without its weights answers NaN or zeros).
+`saved_model_cli run`, the graph loader of TensorFlow Serving, loads the real pipeline's
+model in tests/test_end_to_end.py.
 """
 
 from __future__ import annotations
 
 import json
-import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -23,7 +23,7 @@ from stages.model import build_model, export_saved_model
 from stages.prepare import prepare
 from stages.records import load_split
 from stages.savedmodel import load_classifier, predict
-from tests.conftest import synthetic_arrays, write_params, write_raw
+from tests.conftest import files, synthetic_arrays, write_params, write_raw
 
 
 @pytest.fixture(scope="module")
@@ -59,24 +59,6 @@ def test_split(trained) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     logits = model(images, training=False).numpy()
     assert np.mean(logits.argmax(axis=1) == labels) > 0.9  # learnt, so classes mean something
     return images, labels, logits
-
-
-def test_saved_model_cli_run_prints_the_right_classes(trained, test_split, tmp_path):
-    # TensorFlow's own CLI loads through the graph loader that TensorFlow Serving shares.
-    _, model_dir, _ = trained
-    images, _, logits = test_split
-    np.save(tmp_path / "images.npy", images[:12])
-    command = [
-        *(sys.executable, "-m", "tensorflow.python.tools.saved_model_cli", "run"),
-        *("--dir", str(model_dir), "--tag_set", "serve", "--signature_def", "serving_default"),
-        *("--inputs", f"images={tmp_path / 'images.npy'}"),
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr[-2000:]
-    printed = re.search(r"Result for output key classes:\s*\[([\d\s]+)\]", result.stdout)
-    assert printed, result.stdout[-2000:]
-    classes = np.array(printed[1].split(), dtype=int)
-    np.testing.assert_array_equal(classes, logits[:12].argmax(axis=1))
 
 
 def tflite_logits(content: bytes, images: np.ndarray) -> dict[str, np.ndarray]:
@@ -193,11 +175,3 @@ def test_the_same_weights_give_the_same_bytes(trained, tmp_path):
         export.convert(tmp_path / name, data, "dynamic_range") for name in ("first", "second")
     ]
     assert tflite[0] == tflite[1]
-
-
-def files(directory: Path) -> dict[str, bytes]:
-    return {
-        str(path.relative_to(directory)): path.read_bytes()
-        for path in directory.rglob("*")
-        if path.is_file()
-    }

@@ -444,6 +444,38 @@ def test_a_signal_ends_a_stage_in_one_line_and_leaves_nothing(tmp_path, signum, 
     assert list(target.parent.iterdir()) == []
 
 
+def test_tensorflows_start_up_notices_are_dropped_and_its_other_lines_kept(tmp_path):
+    # A stand-in `tensorflow` that writes, while it is imported, what TensorFlow 2.21 writes
+    # on some machines whatever TF_CPP_MIN_LOG_LEVEL says (seen here), then a line that
+    # must reach the terminal, as a fatal error from its native code would.
+    notices = [
+        "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
+        "I0000 00:00:1796514948.977846    6366 cpu_feature_guard.cc:227] This TensorFlow "
+        "binary is optimized to use available CPU instructions in performance-critical "
+        "operations.",
+        "To enable the following instructions: AVX2 FMA, in other operations, rebuild "
+        "TensorFlow with the appropriate compiler flags.",
+    ]
+    fatal = "F0000 00:00:1796514949.000000    6366 stand-in.cc:1] Check failed: a fatal error"
+    lines = [*notices, fatal]
+    (tmp_path / "tensorflow.py").write_text(
+        f"import os\nfor line in {lines!r}:\n    os.write(2, (line + '\\n').encode())\n"
+    )
+    code = (
+        "import os, stages\n"
+        "stages.import_tensorflow_quietly()\n"
+        "print(os.environ['TF_CPP_MIN_LOG_LEVEL'])\n"
+    )
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{REPO}"}
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == fatal + "\n"
+    assert result.stdout == "2\n"  # TensorFlow's own info and warning lines off, not errors
+
+
 def test_a_killed_stages_leftovers_are_ignored_by_git_and_dvc():
     leftovers = ["metrics/.mistakes.png.tmp-12345", "data/.prepared.tmp-99/meta.json"]
     result = subprocess.run(
@@ -473,6 +505,10 @@ def test_ctrl_c_during_a_real_prepare_is_one_line_and_leaves_nothing(tmp_path):
     finally:
         process.kill()
     assert process.returncode == 130
-    assert stderr.splitlines()[-1].startswith("prepare: interrupted by SIGINT; no output")
-    assert "Traceback" not in stderr
+    # Nothing else on stderr: no traceback, and none of the start-up notices of TensorFlow,
+    # which the stage imports first (stages.import_tensorflow_quietly).
+    assert stderr.splitlines() == [
+        "prepare: interrupted by SIGINT; no output was half-written; "
+        "run `dvc repro` to run the stage again"
+    ]
     assert sorted(path.name for path in tmp_path.iterdir()) == ["raw"]

@@ -1,8 +1,9 @@
-import subprocess
+import re
 import sys
 
 import pytest
 
+from stages import prepare as prepare_stage
 from stages.params import SPECS, load_params
 from tests.conftest import DEFAULT_PARAMS, REPO, write_params
 
@@ -83,28 +84,14 @@ def test_missing_file(tmp_path):
         load_params(("seed",), tmp_path / "nope.yaml")
 
 
-def test_stage_reports_bad_params_in_one_line(tmp_path):
+def test_a_stage_refuses_a_bad_param_before_writing(tmp_path, monkeypatch):
+    # The command line turns the error into one `error:` line and exit code 1
+    # (stages.files.run_stage; tests/test_faults.py runs a real stage to see its stderr).
     params = write_params(tmp_path / "params.yaml", validation_size=-5)
     out = tmp_path / "prepared"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "stages.prepare",
-            "data/raw/mnist.npz",
-            "data/raw/checksums.json",
-            str(out),
-            "--params",
-            str(params),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 1
+    raw = [str(REPO / "data/raw/mnist.npz"), str(REPO / "data/raw/checksums.json")]
+    monkeypatch.setattr(sys, "argv", ["prepare", *raw, str(out), "--params", str(params)])
     expected = "validation_size: got -5, expected an integer from 1 to 1,000,000,000"
-    # Nothing else: no traceback, and none of the start-up notices of TensorFlow, which the
-    # stage imports before it reads params.yaml.
-    assert result.stderr == f"error: {params}: {expected}\n"
+    with pytest.raises(ValueError, match=f"^{re.escape(f'{params}: {expected}')}$"):
+        prepare_stage.main()
     assert not out.exists()

@@ -34,7 +34,9 @@ def trained(tmp_path_factory) -> tuple[Path, np.ndarray, np.ndarray]:
     model.compile(
         optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     )
-    model.fit(train_images, train_labels, batch_size=32, epochs=3, verbose=0)  # 282 steps
+    # One pass in 47 steps: 93-96% right on the first 200 test digits (seeds 0-3), and every
+    # guise below of the ten chosen ones classified alike (three passes of batch 32: 96%).
+    model.fit(train_images, train_labels, batch_size=64, epochs=1, verbose=0)
     directory = tmp_path_factory.mktemp("model") / "mnist"
     export_saved_model(model, directory)
     digits, _ = predict.classify(load_classifier(directory), test_images)
@@ -101,29 +103,22 @@ def test_bad_files_are_reported_and_the_others_still_classified(trained, tmp_pat
         timeout=120,
     )
     assert result.returncode == 1, result.stderr
-    assert "Traceback" not in result.stderr
     lines = result.stdout.splitlines()
     assert all(re.fullmatch(r"\S+\t\d\t[01]\.\d{4}", line) for line in lines), lines
     assert [line.split("\t")[:2] for line in lines] == [[str(good[0]), "3"], [str(good[1]), "7"]]
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 2
-    assert "notes.txt: not a readable image" in errors[0]
-    assert "missing.png: no such file" in errors[1]
+    # One line per bad file and nothing else: no traceback, no start-up notice of TensorFlow.
+    errors = result.stderr.splitlines()
+    assert len(errors) == 2, errors
+    assert errors[0].startswith("error: ") and "notes.txt: not a readable image" in errors[0]
+    assert errors[1].startswith("error: ") and "missing.png: no such file" in errors[1]
 
 
-def test_a_missing_model_is_one_error_line(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "stages.predict", "--model", str(tmp_path / "nowhere"), "a.png"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 1
-    assert result.stdout == ""
-    assert "Traceback" not in result.stderr
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and errors[0].startswith(f"error: {tmp_path / 'nowhere'}: ")
+def test_a_missing_model_is_named_before_any_image_is_read(tmp_path):
+    # The command line turns it into one `error:` line and exit code 1, as the bad files
+    # above (stages.files.run_stage).
+    nowhere = tmp_path / "nowhere"
+    with pytest.raises(FileNotFoundError, match=f"^{re.escape(str(nowhere))}: no SavedModel"):
+        predict.main(["--model", str(nowhere), str(tmp_path / "a.png")])
 
 
 def test_an_mnist_digit_passes_through_unchanged():
