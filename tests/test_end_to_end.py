@@ -28,7 +28,7 @@ SMALL = {"max_train_examples": 3000, "validation_size": 1000, "epochs": 2}
 # The first images of the shipped data set: 1,000 of the training ones go to validation,
 # 3,000 of the other 4,000 to training (max_train_examples), and every test one is tested.
 TRAIN_IMAGES, TEST_IMAGES = 5000, 2000
-COPIED = ["stages", "dvc.yaml", ".gitignore", ".dvcignore"]
+COPIED = ["stages", "dvc.yaml", ".gitignore", ".dvcignore", "vendor"]
 
 
 def run(command: list[str], cwd: Path, env: dict, timeout: int = 300) -> str:
@@ -41,8 +41,8 @@ def run(command: list[str], cwd: Path, env: dict, timeout: int = 300) -> str:
 
 
 def make_project(root: Path, **params) -> dict:
-    """A git + DVC repository at `root` with this project's code, `params` and a subset of
-    the shipped MNIST (with its checksums, as prepare checks them)."""
+    """A git + DVC repository at `root` with this project's code, DVC settings, `params`
+    and a subset of the shipped MNIST (with its checksums, as prepare checks them)."""
     for name in COPIED:
         source, target = REPO / name, root / name
         if source.is_dir():
@@ -59,7 +59,8 @@ def make_project(root: Path, **params) -> dict:
     env = scratch_env()
     run(["git", "init", "-q", "-b", "main"], root, env)
     run(["dvc", "init", "-q"], root, env)
-    run(["dvc", "config", "core.analytics", "false"], root, env)
+    # The project's DVC settings: no analytics, no update check, the offline plots page.
+    shutil.copy(REPO / ".dvc/config", root / ".dvc/config")
     run(["git", "add", "-A"], root, env)
     run(["git", "commit", "-qm", "project"], root, env)
     return env
@@ -221,9 +222,10 @@ def test_metrics_and_plots_commands(project):
     run(["dvc", "plots", "show"], root, env)
     page = (root / "dvc_plots/index.html").read_text()
     assert "Loss per epoch" in page and "Test set confusion matrix" in page
+    assert "inlined so\n         that the page renders with no network" in page  # vendor/vega
     # Images are copied next to the page, not drawn from data: it must be the stage's file.
-    assert page.count("<img ") == 1
-    assert '<img src="static/workspace_metrics_mistakes.png">' in page
+    # (The page is the project's offline template, whose inlined Vega has an `<img src="$`.)
+    assert re.findall(r'<img src="([^"$]+)">', page) == ["static/workspace_metrics_mistakes.png"]
     shown = (root / "dvc_plots/static/workspace_metrics_mistakes.png").read_bytes()
     assert shown == (root / "metrics/mistakes.png").read_bytes()
     assert shown.startswith(b"\x89PNG")
