@@ -29,11 +29,8 @@ def test_the_shipped_data_is_mnist_and_matches_its_checksums(tmp_path):
     # the file's provenance says of MNIST: its first labels and its class counts.
     raw = REPO / "data/raw"
     arrays = load_raw(raw / "mnist.npz", raw / "checksums.json", tmp_path / "arrays")
-    assert arrays["x_train"].shape == (60_000, 28, 28) and arrays["x_test"].shape == (
-        10_000,
-        28,
-        28,
-    )
+    assert arrays["x_train"].shape == (60_000, 28, 28)
+    assert arrays["x_test"].shape == (10_000, 28, 28)
     assert arrays["y_train"][:10].tolist() == [5, 0, 4, 1, 9, 2, 1, 3, 1, 4]
     assert arrays["y_test"][:10].tolist() == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]
     train_counts = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
