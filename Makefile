@@ -29,9 +29,9 @@ lint: $(DEV_STAMP)
 	ruff check . && ruff format --check .
 
 # The experiments table, narrow enough for a 120-column terminal (README, "Watching a
-# run"): the params that differ between rows, validation and test accuracy. Left out:
-# dates, dependency hashes (stages/, data/, models/), losses, training metrics, export.json's. Test accuracy is `metrics/eval.json:accuracy` once export.json (which has an
-# `accuracy` too) exists: DVC prefixes names that two metrics files share.
+# run"): the params that differ between rows, validation and test accuracy (eval.json's
+# `accuracy`), TFLite's accuracy. Left out: dates, dependency hashes (stages/, data/,
+# models/), losses, training metrics and the TFLite model's size.
 EXPS_DROP := Created|stages/|data/|models/|train\.|.*loss|tflite_bytes
 EXPS_KEEP := ^(accuracy|tflite_accuracy|validation\.accuracy)$$
 exps: $(STAMP)

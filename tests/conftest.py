@@ -1,5 +1,10 @@
 """Shared fixtures: tiny synthetic MNIST-format data and params files in tmp_path; and how
-`make test` shares the tests between its two pytest-xdist workers."""
+`make test` shares the tests between its two pytest-xdist workers.
+
+Nothing here imports TensorFlow at module level: under `pytest -n 2` this file is also
+loaded by the process that only hands tests to the workers, where the import would cost
+3.5 s before either worker starts (and print TensorFlow's notices after the summary).
+"""
 
 from __future__ import annotations
 
@@ -14,7 +19,6 @@ import yaml
 from xdist.scheduler import LoadScopeScheduling
 
 from benchmarks.pipeline_timings import environment
-from stages.prepare import prepare
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())
@@ -81,6 +85,8 @@ def raw_data(tmp_path: Path) -> tuple[Path, Path, dict[str, np.ndarray]]:
 @pytest.fixture
 def prepared(tmp_path: Path, raw_data) -> Path:
     """Prepared TFRecords of the synthetic data: 200 train, 40 validation, 60 test."""
+    from stages.prepare import prepare  # TensorFlow: in a worker only (see the top)
+
     raw, checksums, _ = raw_data
     params = {
         "seed": 0,
