@@ -3,7 +3,10 @@
 A run's checkpoints live in <root>/<key>/, where the key hashes every param train reads and
 the prepared data's meta.json: a run with other params or data never resumes from them.
 Under `multi_worker` every worker saves (saving is collective), the chief into the run's
-folder and the others into worker-<i>/ inside it, which only their own resume reads.
+folder and the others into worker-<i>/ inside it, which only their own resume reads. Each
+saves after the epoch on its own, so a worker that dies between its peers' saves and its
+own is one epoch behind them: every worker keeps its last two epochs, and a restarted
+cluster first agrees on the latest epoch that all of them saved (restore).
 """
 
 from __future__ import annotations
@@ -31,6 +34,29 @@ def checkpoint_key(params: dict, data_dir: Path) -> str:
     return digest.hexdigest()[:16]
 
 
+def worker_count(strategy: tf.distribute.Strategy) -> int:
+    """How many processes train together: the tasks of TF_CONFIG's cluster, else 1."""
+    resolver = strategy.cluster_resolver
+    cluster = resolver.cluster_spec() if resolver is not None else None
+    return sum(cluster.num_tasks(job) for job in cluster.jobs) if cluster else 1
+
+
+def every_replica(strategy: tf.distribute.Strategy, value: int) -> list[int]:
+    """`value` as each replica of the cluster has it (a collective: all must call it).
+
+    Each replica puts its own in its slot of a vector of zeros; summing the vectors across
+    the replicas (an all-reduce, the one reduction every strategy has) fills every slot.
+    """
+
+    def own_slot() -> tf.Tensor:
+        context = tf.distribute.get_replica_context()
+        slot = tf.one_hot(context.replica_id_in_sync_group, context.num_replicas_in_sync)
+        return slot * value
+
+    slots = strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(own_slot), axis=None)
+    return [round(float(each)) for each in slots.numpy()]
+
+
 class Checkpoints:
     """The last finished epoch of one run: model, optimizer, epoch and the history so far."""
 
@@ -40,16 +66,37 @@ class Checkpoints:
         checkpoint = tf.train.Checkpoint(
             model=trainer.model, optimizer=trainer.optimizer, epoch=self.epoch
         )
-        self.manager = tf.train.CheckpointManager(checkpoint, directory, max_to_keep=1)
+        self.strategy = trainer.strategy
+        self.workers = worker_count(trainer.strategy)
+        keep = 2 if self.workers > 1 else 1  # a peer may be one epoch behind (see the top)
+        self.manager = tf.train.CheckpointManager(checkpoint, directory, max_to_keep=keep)
         self.history_path = directory / "history.json"
 
     def restore(self) -> list[dict]:
-        """Restore the last finished epoch, if any; return the history up to it."""
-        if self.manager.latest_checkpoint is None:
+        """Restore the last epoch that every worker saved, if any; return the history up to it.
+
+        Under `multi_worker` a collective: every worker must call it.
+        """
+        saved = {int(path.rsplit("-", 1)[1]): path for path in self.manager.checkpoints}
+        epoch = max(saved, default=0)
+        if self.workers > 1:
+            latests = sorted(set(every_replica(self.strategy, epoch)))
+            epoch = latests[0]
+            if len(latests) > 1:
+                differ = " and ".join(map(str, latests))
+                where = f"after epoch {epoch}, the last they all saved" if epoch else "afresh"
+                print(f"train: the workers' last saved epochs differ ({differ}): all start {where}")
+        if epoch == 0:
             return []
-        self.manager.checkpoint.restore(self.manager.latest_checkpoint).assert_consumed()
+        if epoch not in saved:
+            raise ValueError(
+                f"{self.directory}: holds epochs {sorted(saved)}, not epoch {epoch}, the "
+                "last that every worker saved; delete .checkpoints/ on every worker and run "
+                "again"
+            )
+        self.manager.checkpoint.restore(saved[epoch]).assert_consumed()
         history = json.loads(self.history_path.read_text())
-        return history[: int(self.epoch.numpy())]
+        return history[:epoch]
 
     def save(self, history: list[dict]) -> None:
         """Save the epoch that ends `history`; on a full disk, leave the previous one intact.

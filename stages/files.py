@@ -27,6 +27,10 @@ class WriteError(OSError):
     """Writing an output failed (as opposed to reading an input)."""
 
 
+class StageError(Exception):
+    """A failure that is neither bad input nor a bug (a lost peer, say): one line, exit 1."""
+
+
 class Interrupted(BaseException):
     """SIGINT or SIGTERM arrived: unwinds like KeyboardInterrupt, so temporaries are removed."""
 
@@ -113,10 +117,10 @@ def run_stage(
     """Run a stage's `main`; report bad input, a failed write or a signal in one line.
 
     Bad input raises ValueError or FileNotFoundError with a message that names the file or
-    key: one `error:` line on stderr and exit code 1, as for a write that failed for want
-    of space or permission (WRITE_ERRORS). SIGINT (Ctrl-C) and SIGTERM end the stage with
-    one line, `interrupted`, saying what was kept and how to resume, and the shells' exit
-    codes 130 and 143. Anything else is a bug and keeps its traceback.
+    key: one `error:` line on stderr and exit code 1, as for StageError and for a write that
+    failed for want of space or permission (WRITE_ERRORS). SIGINT (Ctrl-C) and SIGTERM end
+    the stage with one line, `interrupted`, saying what was kept and how to resume, and the
+    shells' exit codes 130 and 143. Anything else is a bug and keeps its traceback.
     """
     stage = Path(sys.argv[0]).stem
     # A SIGINT ignored by whoever started us (nohup, a background job) stays ignored.
@@ -126,7 +130,7 @@ def run_stage(
         signal.signal(signal.SIGTERM, _interrupt)
     try:
         main()
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError, StageError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
     except (Interrupted, KeyboardInterrupt) as error:

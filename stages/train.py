@@ -21,6 +21,7 @@ if __name__ == "__main__":  # the command line: before TensorFlow is imported be
 
 import argparse
 import functools
+import re
 import shutil
 import tempfile
 import time
@@ -33,7 +34,7 @@ import tensorflow as tf
 
 from stages import records
 from stages.checkpoints import Checkpoints, open_checkpoints
-from stages.files import atomic_output, run_stage
+from stages.files import StageError, atomic_output, run_stage
 from stages.loop import (
     SCHEDULES,
     RunawayTrainingError,
@@ -194,15 +195,36 @@ def main() -> None:
     parser.add_argument("--params", default="params.yaml", help="(default: %(default)s)")
     arguments = parser.parse_args()
     params = load_params(PARAMS, arguments.params)
-    run = train(arguments.data, params, arguments.checkpoints, arguments.metrics)
-    if run.trainer.is_chief:
-        with atomic_output(arguments.model) as temporary:
-            export_saved_model(run.trainer.model, temporary)
-    else:
-        # Every worker takes part in the (collective) export; only the chief's is kept.
-        with tempfile.TemporaryDirectory() as scratch:
-            export_saved_model(run.trainer.model, Path(scratch) / "model")
+    try:
+        run = train(arguments.data, params, arguments.checkpoints, arguments.metrics)
+        if run.trainer.is_chief:
+            with atomic_output(arguments.model) as temporary:
+                export_saved_model(run.trainer.model, temporary)
+        else:
+            # Every worker takes part in the (collective) export; only the chief's is kept.
+            with tempfile.TemporaryDirectory() as scratch:
+                export_saved_model(run.trainer.model, Path(scratch) / "model")
+    except tf.errors.UnavailableError as error:  # `multi_worker`: a collective lost a peer
+        raise StageError(lost_peer(error)) from None
     run.checkpoints.remove()
+
+
+def lost_peer(error: tf.errors.UnavailableError) -> str:
+    """What TensorFlow's 100-line report of a worker gone mid-run says, in one line.
+
+    TF 2.21 names the peer in one of two ways: the coordination service's "The following
+    tasks are unhealthy (stopped sending heartbeats):\n/job:worker/replica:0/task:1\n...",
+    or gRPC's "Socket closed\nAdditional GRPC error information from remote target
+    /job:worker/replica:0/task:0 ...".
+    """
+    _, _, after = error.message.partition("unhealthy (stopped sending heartbeats):")
+    tasks = re.findall(r"^/job:(\w+)/replica:\d+/task:(\d+)$", after, flags=re.MULTILINE)
+    tasks = tasks or re.findall(r"remote target /job:(\w+)/replica:\d+/task:(\d+)", error.message)
+    who = " and ".join(f"{job} {task}" for job, task in dict.fromkeys(tasks)) or "a peer"
+    return (
+        f"train: lost {who} (crashed, killed or cut off); every worker keeps its last "
+        "finished epoch: start them all again to resume"
+    )
 
 
 if __name__ == "__main__":

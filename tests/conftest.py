@@ -82,21 +82,25 @@ def raw_data(tmp_path: Path) -> tuple[Path, Path, dict[str, np.ndarray]]:
     return raw, checksums, arrays
 
 
-@pytest.fixture
-def prepared(tmp_path: Path, raw_data) -> Path:
-    """Prepared TFRecords of the synthetic data: 200 train, 40 validation, 60 test."""
+def prepare_synthetic(raw: Path, checksums: Path, out: Path) -> Path:
+    """`raw` (of synthetic_arrays()) prepared at `out`: 200 training examples, 64 to a file
+    (four files), 40 validation and 60 test ones."""
     from stages.prepare import prepare  # TensorFlow: in a worker only (see the top)
 
-    raw, checksums, _ = raw_data
     params = {
         "seed": 0,
         "validation_size": 40,
         "max_train_examples": None,
         "examples_per_shard": 64,
     }
-    out = tmp_path / "prepared"
     prepare(raw, checksums, out, params)
     return out
+
+
+@pytest.fixture
+def prepared(tmp_path: Path, raw_data) -> Path:
+    raw, checksums, _ = raw_data
+    return prepare_synthetic(raw, checksums, tmp_path / "prepared")
 
 
 # -- Two workers (`make test`: pytest -n 2) ------------------------------------------------
