@@ -207,12 +207,21 @@ def worker_commands(prepared: Path, out: Path, params: Path, workers: int = 2) -
 def saved_epoch(checkpoints: Path) -> int:
     """The epoch of the checkpoint that the manager's state file in `checkpoints` names."""
     state = checkpoints / "checkpoint"  # written whole (renamed into place) by TensorFlow
-    found = (
-        re.search(r'model_checkpoint_path: "ckpt-(\d+)"', state.read_text())
-        if state.exists()
-        else None
-    )
+    if not state.exists():
+        return 0
+    found = re.search(r'model_checkpoint_path: "ckpt-(\d+)"', state.read_text())
     return int(found[1]) if found else 0
+
+
+def run_checkpoints(out: Path) -> Path:
+    """The chief's checkpoint folder of the run writing under `out` (worker 1's inside it)."""
+    return next((out / "checkpoints").glob("*"), out / "checkpoints" / "none-yet")
+
+
+def saved_epochs(out: Path) -> list[int]:
+    """Each worker's last saved epoch in the run writing under `out`."""
+    chief = run_checkpoints(out)
+    return [saved_epoch(chief), saved_epoch(chief / "worker-1")]
 
 
 @pytest.fixture(scope="module")
@@ -233,18 +242,12 @@ def cluster(tmp_path_factory):
     logs = [root / f"first-{index}.log" for index in range(2)]
     behind = root / "worker-1-after-epoch-1"
     with running(worker_commands(prepared, out, params), root, logs) as processes:
-
-        def saved() -> list[int]:  # each worker's last saved epoch
-            chief = next((out / "checkpoints").glob("*"), out / "none")
-            return [saved_epoch(chief), saved_epoch(chief / "worker-1")]
-
         deadline = time.monotonic() + TIME_LIMIT
-        while min(saved()) < 2:
+        while min(saved_epochs(out)) < 2:
             assert all(process.poll() is None for process in processes), logs[0].read_text()
             assert time.monotonic() < deadline, f"no epoch 2 in {TIME_LIMIT} s"
-            if saved()[1] == 1 and not behind.exists():
-                chief = next((out / "checkpoints").glob("*"))
-                shutil.copytree(chief / "worker-1", behind)
+            if saved_epochs(out)[1] == 1 and not behind.exists():
+                shutil.copytree(run_checkpoints(out) / "worker-1", behind)
             time.sleep(0.01)
         assert behind.exists(), "worker 1's epoch 1 was not seen (polled every 10 ms)"
         os.killpg(processes[1].pid, signal.SIGKILL)
@@ -252,10 +255,9 @@ def cluster(tmp_path_factory):
         code = processes[0].wait(timeout=TIME_LIMIT)
         waited = time.monotonic() - killed
     first = [log.read_text() for log in logs]
-    epochs_saved = saved()
-    worker_1 = next((out / "checkpoints").glob("*")) / "worker-1"
-    shutil.rmtree(worker_1)
-    shutil.copytree(behind, worker_1)
+    epochs_saved, model_after_death = saved_epochs(out), (out / "model").exists()
+    shutil.rmtree(run_checkpoints(out) / "worker-1")
+    shutil.copytree(behind, run_checkpoints(out) / "worker-1")
     second = run_together(worker_commands(prepared, out, params), root)
     return {
         "prepared": prepared,
@@ -263,6 +265,7 @@ def cluster(tmp_path_factory):
         "code": code,
         "waited": waited,
         "epochs_saved": epochs_saved,
+        "model_after_death": model_after_death,
         "first": first,
         "second": second,
     }
@@ -288,8 +291,9 @@ def test_a_worker_killed_mid_run_fails_the_other_in_one_line(cluster):
         "last finished epoch: start them all again to resume"
     ), "\n".join(lines[-20:])
     assert "Traceback" not in cluster["first"][0]
-    # Its checkpoint of epoch 2 is kept; no model was written before the restart.
+    # Its checkpoint of epoch 2 is kept, and no model is written.
     assert cluster["epochs_saved"] == [2, 2]
+    assert not cluster["model_after_death"]
 
 
 def test_a_restarted_cluster_resumes_after_the_last_epoch_every_worker_saved(cluster):
