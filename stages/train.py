@@ -8,7 +8,7 @@ Writes models/mnist: a SavedModel whose serving_default takes uint8 images [batc
        train and validation loss and accuracy, plots/metrics/ one TSV per metric.
 Keeps  .checkpoints/<key>/: the last finished epoch, so a killed run resumes there
        (stages/checkpoints.py); removed once the model is written. Under `multi_worker`
-       only the chief writes the outputs.
+       each worker keeps its last two, and only the chief writes the outputs.
 Run    dvc repro train
 """
 
