@@ -42,19 +42,9 @@ def worker_count(strategy: tf.distribute.Strategy) -> int:
 
 
 def every_replica(strategy: tf.distribute.Strategy, value: int) -> list[int]:
-    """`value` as each replica of the cluster has it (a collective: all must call it).
-
-    Each replica puts its own in its slot of a vector of zeros; summing the vectors across
-    the replicas (an all-reduce, the one reduction every strategy has) fills every slot.
-    """
-
-    def own_slot() -> tf.Tensor:
-        context = tf.distribute.get_replica_context()
-        slot = tf.one_hot(context.replica_id_in_sync_group, context.num_replicas_in_sync)
-        return slot * value
-
-    slots = strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(own_slot), axis=None)
-    return [round(float(each)) for each in slots.numpy()]
+    """`value` as each replica of the cluster has it (a collective: all must call it)."""
+    values = strategy.gather(strategy.run(lambda: tf.constant([value])), axis=0)
+    return values.numpy().tolist()
 
 
 class Checkpoints:
