@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +45,16 @@ def files(directory: Path) -> dict[str, bytes]:
         for path in sorted(directory.rglob("*"))
         if path.is_file()
     }
+
+
+def saved_epoch(checkpoints: Path) -> int:
+    """The epoch of the checkpoint that the manager's state file in `checkpoints` names
+    (0 before the first): train's checkpoints, as a test watching a run sees them."""
+    state = checkpoints / "checkpoint"  # written whole (renamed into place) by TensorFlow
+    if not state.exists():
+        return 0
+    found = re.search(r'model_checkpoint_path: "ckpt-(\d+)"', state.read_text())
+    return int(found[1]) if found else 0
 
 
 def write_params(path: Path, **overrides) -> Path:

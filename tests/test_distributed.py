@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import re
 import shutil
 import signal
 import socket
@@ -33,6 +32,7 @@ from tests.conftest import (
     DEFAULT_PARAMS,
     REPO,
     prepare_synthetic,
+    saved_epoch,
     synthetic_arrays,
     write_params,
     write_raw,
@@ -202,15 +202,6 @@ def worker_commands(prepared: Path, out: Path, params: Path, workers: int = 2) -
         )
         for i in range(workers)
     ]
-
-
-def saved_epoch(checkpoints: Path) -> int:
-    """The epoch of the checkpoint that the manager's state file in `checkpoints` names."""
-    state = checkpoints / "checkpoint"  # written whole (renamed into place) by TensorFlow
-    if not state.exists():
-        return 0
-    found = re.search(r'model_checkpoint_path: "ckpt-(\d+)"', state.read_text())
-    return int(found[1]) if found else 0
 
 
 def run_checkpoints(out: Path) -> Path:

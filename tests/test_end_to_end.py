@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import REPO, files, scratch_env, write_params, write_raw
+from tests.conftest import REPO, files, saved_epoch, scratch_env, write_params, write_raw
 
 SMALL = {"max_train_examples": 3000, "validation_size": 1000, "epochs": 2}
 # The first images of the shipped data set: 1,000 of the training ones go to validation,
@@ -78,10 +78,8 @@ def experiments(root: Path, env: dict) -> dict[str, dict]:
 
 
 def last_epoch_saved(checkpoints: Path) -> int:
-    """The epoch of the checkpoint the manager's state file points to, if any."""
-    states = [path.read_text() for path in checkpoints.glob("*/checkpoint")]
-    saved = [re.search(r'model_checkpoint_path: "ckpt-(\d+)"', state) for state in states]
-    return max((int(match.group(1)) for match in saved if match), default=0)
+    """The last epoch saved in any run's folder under `checkpoints`, if any."""
+    return max((saved_epoch(run) for run in checkpoints.glob("*")), default=0)
 
 
 def repro_killed_after_epoch_one(root: Path, env: dict, log: Path) -> dict:
