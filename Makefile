@@ -30,9 +30,9 @@ lint: $(DEV_STAMP)
 
 # The experiments table, narrow enough for a 120-column terminal (README, "Watching a
 # run"): the params that differ between rows, validation and test accuracy (eval.json's
-# `accuracy`), TFLite's accuracy. Left out: dates, dependency hashes (stages/, data/,
+# `accuracy`), TFLite's accuracy. Left out: dates, dependency hashes (stages/, loopline/, data/,
 # models/), losses, training metrics and the TFLite model's size.
-EXPS_DROP := Created|stages/|data/|models/|train\.|.*loss|tflite_bytes
+EXPS_DROP := Created|stages/|loopline/|data/|models/|train\.|.*loss|tflite_bytes
 EXPS_KEEP := ^(accuracy|tflite_accuracy|validation\.accuracy)$$
 exps: $(STAMP)
 	dvc exp show --only-changed --drop '$(EXPS_DROP)' --keep '$(EXPS_KEEP)'
@@ -44,7 +44,7 @@ bench: $(STAMP)
 pictures: $(STAMP)
 	python docs/make_pictures.py
 
-# The strongest-fastest experiment (issue #13): the `fast` model (stages/model.py), 5 epochs
+# The strongest-fastest experiment (issue #13): the `fast` model (loopline/model.py), 5 epochs
 # of batch 128 with a one-cycle schedule peaking at 0.004. jit_compile=false: max pooling has
 # no deterministic XLA gradient (params.py refuses it), and XLA's CPU convolutions are slower
 # here anyway. steps_per_execution stays 4 (3 or 12 measured no faster without XLA); an epoch

@@ -18,9 +18,11 @@ import numpy as np
 import tensorflow as tf
 
 from benchmarks.tutorial import SimpleModel
-from stages import records
-from stages.loop import Trainer, make_strategy, make_train_dataset
-from stages.model import build_model
+from loopline import records
+from loopline.data import make_train_dataset
+from loopline.distribute import make_strategy
+from loopline.loop import Trainer
+from loopline.model import build_model
 
 # The tutorial's setting, fixed here rather than read from params.yaml so that results
 # stay comparable from run to run; STEPS_PER_EXECUTION is params.yaml's value today.

@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from stages.files import write_json
+from loopline.files import write_json
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -31,7 +31,7 @@ from benchmarks.pipeline_timings import (
     timed_run,
     tutorial,
 )
-from stages.files import write_json
+from loopline.files import write_json
 
 SEEDS = (42, 43, 44)
 

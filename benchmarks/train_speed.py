@@ -26,8 +26,8 @@ import tensorflow as tf
 
 from benchmarks import measure
 from benchmarks.measure import BATCH_SIZE, FIT_STEPS_PER_EXECUTION, STEPS_PER_EXECUTION
-from stages import records
-from stages.files import run_stage, write_json
+from loopline import records
+from loopline.files import run_stage, write_json
 
 # FLOPs of one training step (a multiply-add is 2 FLOPs), forward pass, per example:
 #   Conv2D 32 3x3, 28x28x1 -> 26x26x32:  26*26*32 * 3*3*1 * 2 =   389,376

@@ -13,10 +13,10 @@ Run    dvc repro evaluate
 
 from __future__ import annotations
 
-import stages
+import loopline
 
 if __name__ == "__main__":  # the command line: before TensorFlow is imported below
-    stages.import_tensorflow_quietly()
+    loopline.import_tensorflow_quietly()
 
 import argparse
 from pathlib import Path
@@ -25,10 +25,10 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image, ImageDraw, ImageFont
 
-from stages import records
-from stages.files import atomic_output, run_stage, write_json
-from stages.params import load_params
-from stages.savedmodel import load_classifier, predict
+from loopline import records
+from loopline.files import atomic_output, run_stage, write_json
+from loopline.params import load_params
+from loopline.savedmodel import load_classifier, predict
 
 PARAMS = ("eval_batch_size",)
 

@@ -1,7 +1,7 @@
 """export: the SavedModel -> a TFLite model for phones and microcontrollers, tested.
 
 Reads  models/mnist (the SavedModel, through TFLiteConverter.from_saved_model: the loader
-       that needs its variables in the graph, see stages/model.py Serving), data/prepared
+       that needs its variables in the graph, see loopline/model.py Serving), data/prepared
        (the test shards; for int8, the first training images to calibrate on), the params
        in PARAMS.
 Writes models/mnist.tflite: serving_default as a TFLite signature (uint8 images [batch, 28,
@@ -14,10 +14,10 @@ Run    dvc repro export
 
 from __future__ import annotations
 
-import stages
+import loopline
 
 if __name__ == "__main__":  # the command line: before TensorFlow is imported below
-    stages.import_tensorflow_quietly()
+    loopline.import_tensorflow_quietly()
 
 import argparse
 import time
@@ -33,10 +33,10 @@ import tensorflow as tf
 # runtime's that ships.
 from ai_edge_litert.interpreter import Interpreter
 
-from stages import records
-from stages.files import atomic_output, run_stage, write_json
-from stages.params import dispatch_table, load_params
-from stages.savedmodel import load_classifier, predict
+from loopline import records
+from loopline.files import atomic_output, run_stage, write_json
+from loopline.params import dispatch_table, load_params
+from loopline.savedmodel import load_classifier, predict
 
 PARAMS = ("quantization", "eval_batch_size")
 

@@ -11,10 +11,10 @@ Run    python -m stages.predict [--model models/mnist] IMAGE...
 
 from __future__ import annotations
 
-import stages
+import loopline
 
 if __name__ == "__main__":  # the command line: before TensorFlow is imported below
-    stages.import_tensorflow_quietly()
+    loopline.import_tensorflow_quietly()
 
 import argparse
 import sys
@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from stages.files import run_stage
-from stages.records import IMAGE_SIZE
-from stages.savedmodel import load_classifier, predict
+from loopline.files import run_stage
+from loopline.records import IMAGE_SIZE
+from loopline.savedmodel import load_classifier, predict
 
 # MNIST's framing: the digit's longer side is 20 pixels, its centre of mass at pixel
 # (14, 14) (measured on the test set: 13.99, 14.00).

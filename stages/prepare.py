@@ -21,10 +21,10 @@ while prepare runs.
 
 from __future__ import annotations
 
-import stages
+import loopline
 
 if __name__ == "__main__":  # the command line: before TensorFlow is imported below
-    stages.import_tensorflow_quietly()
+    loopline.import_tensorflow_quietly()
 
 import argparse
 import errno
@@ -37,9 +37,9 @@ from pathlib import Path
 
 import numpy as np
 
-from stages import records
-from stages.files import WriteError, atomic_output, run_stage, write_json
-from stages.params import load_params
+from loopline import records
+from loopline.files import WriteError, atomic_output, run_stage, write_json
+from loopline.params import load_params
 
 PARAMS = ("seed", "validation_size", "max_train_examples", "examples_per_shard")
 ARRAYS = ("x_train", "y_train", "x_test", "y_test")

@@ -7,21 +7,20 @@ Writes models/mnist: a SavedModel whose serving_default takes uint8 images [batc
        `dvc metrics show` follow a running experiment): metrics.json holds the last epoch's
        train and validation loss and accuracy, plots/metrics/ one TSV per metric.
 Keeps  .checkpoints/<key>/: the last finished epoch, so a killed run resumes there
-       (stages/checkpoints.py); removed once the model is written. Under `multi_worker`
+       (loopline/checkpoints.py); removed once the model is written. Under `multi_worker`
        each worker keeps its last two, and only the chief writes the outputs.
 Run    dvc repro train
 """
 
 from __future__ import annotations
 
-import stages
+import loopline
 
 if __name__ == "__main__":  # the command line: before TensorFlow is imported below
-    stages.import_tensorflow_quietly()
+    loopline.import_tensorflow_quietly()
 
 import argparse
 import functools
-import re
 import shutil
 import tempfile
 import time
@@ -32,23 +31,15 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from stages import records
-from stages.checkpoints import Checkpoints, open_checkpoints
-from stages.files import StageError, atomic_output, run_stage
-from stages.loop import (
-    SCHEDULES,
-    RunawayTrainingError,
-    Trainer,
-    distribute_train_dataset,
-    make_eval_dataset,
-    make_strategy,
-    run_epoch,
-    steps_per_epoch,
-    supports_xla,
-)
-from stages.model import build_model, export_saved_model
-from stages.params import load_params
-from stages.progress import Progress, log_epoch, open_live
+from loopline import records
+from loopline.checkpoints import Checkpoints, open_checkpoints
+from loopline.data import distribute_train_dataset, make_eval_dataset
+from loopline.distribute import lost_peer, make_strategy, supports_xla
+from loopline.files import StageError, atomic_output, run_stage
+from loopline.loop import SCHEDULES, RunawayTrainingError, Trainer, run_epoch, steps_per_epoch
+from loopline.model import build_model, export_saved_model
+from loopline.params import load_params
+from loopline.progress import Progress, log_epoch, open_live
 
 PARAMS = (
     "seed",
@@ -114,7 +105,9 @@ def build_trainer(params: dict, strategy: tf.distribute.Strategy, steps: int) ->
     jit_compile = params["jit_compile"] and supports_xla(strategy)
     if jit_compile != params["jit_compile"]:
         replicas = strategy.num_replicas_in_sync
-        print(f"train: jit_compile off: XLA cannot run {replicas} replicas on CPU (see loop.py)")
+        print(
+            f"train: jit_compile off: XLA cannot run {replicas} replicas on CPU (see distribute.py)"
+        )
     schedule = SCHEDULES[params["learning_rate_schedule"]]
     with strategy.scope():
         return Trainer(
@@ -207,24 +200,6 @@ def main() -> None:
     except tf.errors.UnavailableError as error:  # `multi_worker`: a collective lost a peer
         raise StageError(lost_peer(error)) from None
     run.checkpoints.remove()
-
-
-def lost_peer(error: tf.errors.UnavailableError) -> str:
-    """What TensorFlow's 100-line report of a worker gone mid-run says, in one line.
-
-    TF 2.21 names the peer in one of two ways: the coordination service's "The following
-    tasks are unhealthy (stopped sending heartbeats):\n/job:worker/replica:0/task:1\n...",
-    or gRPC's "Socket closed\nAdditional GRPC error information from remote target
-    /job:worker/replica:0/task:0 ...".
-    """
-    _, _, after = error.message.partition("unhealthy (stopped sending heartbeats):")
-    tasks = re.findall(r"^/job:(\w+)/replica:\d+/task:(\d+)$", after, flags=re.MULTILINE)
-    tasks = tasks or re.findall(r"remote target /job:(\w+)/replica:\d+/task:(\d+)", error.message)
-    who = " and ".join(f"{job} {task}" for job, task in dict.fromkeys(tasks)) or "a peer"
-    return (
-        f"train: lost {who} (crashed, killed or cut off); every worker keeps its last "
-        "finished epoch: start them all again to resume"
-    )
 
 
 if __name__ == "__main__":

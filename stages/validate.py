@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from stages.files import atomic_output, run_stage
-from stages.params import SPECS, check_params, check_train_params, read_document
+from loopline.files import atomic_output, run_stage
+from loopline.params import SPECS, check_params, check_train_params, read_document
 
 
 def stage_keys(module_path: Path) -> tuple[str, ...]:

@@ -6,7 +6,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from stages import records
+from loopline import records
 from stages.prepare import load_raw, prepare
 from tests.conftest import REPO, synthetic_arrays, write_raw
 

@@ -25,9 +25,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from stages import records
+from loopline import distribute, records
+from loopline.model import export_saved_model
 from stages import train as train_stage
-from stages.model import export_saved_model
 from tests.conftest import (
     DEFAULT_PARAMS,
     REPO,
@@ -363,4 +363,4 @@ def test_a_lost_peer_is_named_when_tensorflow_names_it(message, expected):
     # The coordination service's shape ("unhealthy (stopped sending heartbeats)") is the
     # cluster fixture's, for real.
     error = tf.errors.UnavailableError(None, None, message)
-    assert train_stage.lost_peer(error).startswith(f"train: lost {expected} (crashed, ")
+    assert distribute.lost_peer(error).startswith(f"train: lost {expected} (crashed, ")

@@ -28,7 +28,7 @@ SMALL = {"max_train_examples": 3000, "validation_size": 1000, "epochs": 2}
 # The first images of the shipped data set: 1,000 of the training ones go to validation,
 # 3,000 of the other 4,000 to training (max_train_examples), and every test one is tested.
 TRAIN_IMAGES, TEST_IMAGES = 5000, 2000
-COPIED = ["stages", "dvc.yaml", ".gitignore", ".dvcignore", "vendor"]
+COPIED = ["stages", "loopline", "dvc.yaml", ".gitignore", ".dvcignore", "vendor"]
 
 
 def run(command: list[str], cwd: Path, env: dict, timeout: int = 300) -> str:

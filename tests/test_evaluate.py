@@ -6,6 +6,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+from loopline.model import build_model, export_saved_model
+from loopline.savedmodel import load_classifier, predict
 from stages.evaluate import (
     DIGIT_SCALE,
     GRID_COLUMNS,
@@ -19,8 +21,6 @@ from stages.evaluate import (
     write_confusion,
     write_mistakes,
 )
-from stages.model import build_model, export_saved_model
-from stages.savedmodel import load_classifier, predict
 
 
 def test_metrics_agree_with_keras_metrics():

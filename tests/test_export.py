@@ -18,11 +18,11 @@ import pytest
 import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
 
+from loopline.model import build_model, export_saved_model
+from loopline.records import load_split
+from loopline.savedmodel import load_classifier, predict
 from stages import export
-from stages.model import build_model, export_saved_model
 from stages.prepare import prepare
-from stages.records import load_split
-from stages.savedmodel import load_classifier, predict
 from tests.conftest import files, synthetic_arrays, write_params, write_raw
 
 

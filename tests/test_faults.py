@@ -24,8 +24,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stages import files, records
-from stages.params import SPECS, load_params
+from loopline import files, records
+from loopline.params import SPECS, load_params
 from stages.prepare import prepare, read_checksums
 from tests.conftest import DEFAULT_PARAMS, REPO, synthetic_arrays, write_raw
 
@@ -266,8 +266,8 @@ def test_shifted_labels_with_a_matching_hash_still_fail_the_class_counts(prepare
 
 
 def test_evaluate_writes_no_metric_from_a_tampered_shard(prepared_copy, tmp_path, monkeypatch):
+    from loopline.model import export_saved_model, tutorial_model
     from stages import evaluate
-    from stages.model import export_saved_model, tutorial_model
 
     export_saved_model(tutorial_model(), tmp_path / "model")  # untrained: enough to run
     _rewrite_with_shifted_labels(prepared_copy / "test-00000-of-00001.tfrecord.gz")
@@ -400,11 +400,11 @@ def test_shards_on_a_full_disk_name_the_shard(tiny_disk):
 
 # -- signals and leftovers ---------------------------------------------------------------
 
-# A stage process that needs no TensorFlow (the `stages` package may import it): quick.
+# A stage process that needs no TensorFlow (the `loopline` package may import it): quick.
 STAGE = """
 import sys, time
 from pathlib import Path
-sys.path.insert(0, "stages")
+sys.path.insert(0, "loopline")
 from files import atomic_output, run_stage
 
 def main():
@@ -463,8 +463,8 @@ def test_tensorflows_start_up_notices_are_dropped_and_its_other_lines_kept(tmp_p
         f"import os\nfor line in {lines!r}:\n    os.write(2, (line + '\\n').encode())\n"
     )
     code = (
-        "import os, stages\n"
-        "stages.import_tensorflow_quietly()\n"
+        "import os, loopline\n"
+        "loopline.import_tensorflow_quietly()\n"
         "print(os.environ['TF_CPP_MIN_LOG_LEVEL'])\n"
     )
     env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{REPO}"}
@@ -507,7 +507,7 @@ def test_ctrl_c_during_a_real_prepare_is_one_line_and_leaves_nothing(tmp_path):
         process.kill()
     assert process.returncode == 130
     # Nothing else on stderr: no traceback, and none of the start-up notices of TensorFlow,
-    # which the stage imports first (stages.import_tensorflow_quietly).
+    # which the stage imports first (loopline.import_tensorflow_quietly).
     assert stderr.splitlines() == [
         "prepare: interrupted by SIGINT; no output was half-written; "
         "run `dvc repro` to run the stage again"

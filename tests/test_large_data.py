@@ -4,7 +4,7 @@ import tracemalloc
 
 import numpy as np
 
-from stages import records
+from loopline import records
 from stages.prepare import prepare
 from tests.conftest import synthetic_arrays, write_raw
 

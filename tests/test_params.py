@@ -3,8 +3,8 @@ import sys
 
 import pytest
 
+from loopline.params import SPECS, load_params
 from stages import prepare as prepare_stage
-from stages.params import SPECS, load_params
 from tests.conftest import DEFAULT_PARAMS, REPO, write_params
 
 ALL_KEYS = tuple(SPECS)
@@ -86,7 +86,7 @@ def test_missing_file(tmp_path):
 
 def test_a_stage_refuses_a_bad_param_before_writing(tmp_path, monkeypatch):
     # The command line turns the error into one `error:` line and exit code 1
-    # (stages.files.run_stage; tests/test_faults.py runs a real stage to see its stderr).
+    # (loopline.files.run_stage; tests/test_faults.py runs a real stage to see its stderr).
     params = write_params(tmp_path / "params.yaml", validation_size=-5)
     out = tmp_path / "prepared"
     raw = [str(REPO / "data/raw/mnist.npz"), str(REPO / "data/raw/checksums.json")]

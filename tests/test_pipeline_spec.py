@@ -13,23 +13,30 @@ from tests.conftest import DEFAULT_PARAMS, REPO
 
 PIPELINE = yaml.safe_load((REPO / "dvc.yaml").read_text())
 STAGES = ("prepare", "train", "evaluate", "export")
+# The two packages: the stages (entry points) and the library they share.
+OURS = ("stages", "loopline")
 
 
 def stage_imports(module_name: str, seen: set[str] | None = None) -> set[str]:
-    """The `stages` modules `module_name` imports, directly or not (itself included)."""
+    """The project modules (`stages.*`, `loopline.*`) `module_name` imports, directly or
+    not (itself included)."""
     seen = set() if seen is None else seen
     seen.add(module_name)
     tree = ast.parse((REPO / (module_name.replace(".", "/") + ".py")).read_text())
     for node in ast.walk(tree):
         names = []
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("stages"):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in OURS:
             names = (
                 [node.module]
-                if node.module != "stages"
-                else [f"stages.{alias.name}" for alias in node.names]
+                if node.module not in OURS
+                else [f"{node.module}.{alias.name}" for alias in node.names]
             )
         elif isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names if alias.name.startswith("stages.")]
+            names = [
+                alias.name
+                for alias in node.names
+                if alias.name.split(".")[0] in OURS and alias.name not in OURS
+            ]
         for name in names:
             if name not in seen:
                 stage_imports(name, seen)
@@ -45,8 +52,8 @@ def test_stage_params_match_what_the_code_reads(stage):
 @pytest.mark.parametrize("stage", STAGES)
 def test_stage_depends_on_exactly_its_source_files(stage):
     sources = {f"{name.replace('.', '/')}.py" for name in stage_imports(f"stages.{stage}")}
-    sources.add("stages/__init__.py")
-    deps = {dep for dep in PIPELINE["stages"][stage]["deps"] if dep.startswith("stages/")}
+    sources |= {"stages/__init__.py", "loopline/__init__.py"}  # run by every import
+    deps = {dep for dep in PIPELINE["stages"][stage]["deps"] if dep.split("/")[0] in OURS}
     assert deps == sources
 
 
@@ -93,9 +100,23 @@ def test_validate_imports_no_tensorflow_and_writes_each_stages_values(tmp_path):
         assert checked == {key: DEFAULT_PARAMS[key] for key in checked}
 
 
+ENTRY_POINTS = (*STAGES, "validate", "predict")
+
+
+def test_stages_holds_the_entry_points_only():
+    assert {path.stem for path in (REPO / "stages").glob("[a-z]*.py")} == set(ENTRY_POINTS)
+
+
 def test_no_stage_imports_another_stage():
-    # Shared code lives in modules that are not stages (files, records, savedmodel, ...), so
-    # a change to one stage's script never re-runs another stage.
-    scripts = {f"stages.{name}" for name in (*STAGES, "predict")}
+    # Shared code lives in the library (loopline/), so a change to one stage's script never
+    # re-runs another stage.
+    scripts = {f"stages.{name}" for name in ENTRY_POINTS}
     for script in scripts:
         assert stage_imports(script) & scripts == {script}
+
+
+def test_the_library_imports_no_stage():
+    modules = [f"loopline.{path.stem}" for path in (REPO / "loopline").glob("[a-z]*.py")]
+    for module in modules:
+        imported = stage_imports(module)
+        assert all(name.startswith("loopline.") for name in imported), (module, imported)

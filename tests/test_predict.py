@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from loopline.model import export_saved_model, tutorial_model
+from loopline.savedmodel import load_classifier
 from stages import predict
-from stages.model import export_saved_model, tutorial_model
-from stages.savedmodel import load_classifier
 from tests.conftest import REPO
 from tests.test_pipeline_spec import stage_imports
 
@@ -115,7 +115,7 @@ def test_bad_files_are_reported_and_the_others_still_classified(trained, tmp_pat
 
 def test_a_missing_model_is_named_before_any_image_is_read(tmp_path):
     # The command line turns it into one `error:` line and exit code 1, as the bad files
-    # above (stages.files.run_stage).
+    # above (loopline.files.run_stage).
     nowhere = tmp_path / "nowhere"
     with pytest.raises(FileNotFoundError, match=f"^{re.escape(str(nowhere))}: no SavedModel"):
         predict.main(["--model", str(nowhere), str(tmp_path / "a.png")])
@@ -206,5 +206,5 @@ def test_a_drawing_on_a_transparent_background_is_read_as_on_white(tmp_path):
 
 
 def test_predict_uses_the_saved_model_alone():
-    training_code = {"stages.model", "stages.train", "stages.loop"}
+    training_code = {"loopline.model", "stages.train", "loopline.loop"}
     assert not stage_imports("stages.predict") & training_code

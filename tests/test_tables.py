@@ -65,7 +65,7 @@ def write_metrics(root: Path, seed: int) -> None:
             document = evaluation
         elif name == "export.json":  # the keys stages/export.py writes
             document = {"tflite_accuracy": evaluation["accuracy"], "tflite_bytes": 2_800_000 + seed}
-        elif name == "metrics.json":  # what stages/progress.py leaves of DVCLive's summary
+        elif name == "metrics.json":  # what loopline/progress.py leaves of DVCLive's summary
             document = {"validation": {"accuracy": training["validation"]["accuracy"]}, "step": 4}
         elif name == "train.json":
             document = training
@@ -79,7 +79,10 @@ def project(tmp_path_factory):
     root = tmp_path_factory.mktemp("tables")
     # COLUMNS: the terminal width rich lays the tables out for.
     env = scratch_env(COLUMNS=str(WIDTH))
-    shutil.copytree(REPO / "stages", root / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    for package in ("stages", "loopline"):
+        shutil.copytree(
+            REPO / package, root / package, ignore=shutil.ignore_patterns("__pycache__")
+        )
     for name in ("dvc.yaml", ".gitignore", ".dvcignore", "data/raw/checksums.json"):
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(REPO / name, root / name)

@@ -18,15 +18,17 @@ import tensorflow as tf
 import yaml
 
 from benchmarks.time_to_accuracy import best_overrides
-from stages import loop
-from stages import params as params_module
+from loopline import loop
+from loopline import params as params_module
+from loopline.checkpoints import checkpoint_key
+from loopline.data import make_eval_dataset, make_train_dataset
+from loopline.distribute import STRATEGIES
+from loopline.loop import SCHEDULES, Trainer
+from loopline.model import MODELS, RandomShift, build_model, export_saved_model
+from loopline.params import check_train_params, dispatch_table
+from loopline.progress import Progress, open_live
 from stages import train as train_stage
-from stages.checkpoints import checkpoint_key
 from stages.evaluate import load_classifier
-from stages.loop import SCHEDULES, STRATEGIES, Trainer, make_eval_dataset, make_train_dataset
-from stages.model import MODELS, RandomShift, build_model, export_saved_model
-from stages.params import check_train_params, dispatch_table
-from stages.progress import Progress, open_live
 from tests.conftest import (
     DEFAULT_PARAMS,
     REPO,
@@ -204,7 +206,7 @@ def test_training_batches_are_full_and_the_order_is_seeded():
 
 
 def test_in_memory_pipelines_run_without_the_autotuning_model():
-    # Its thread made deleting each epoch's iterator wait seconds (loop.in_memory_options).
+    # Its thread made deleting each epoch's iterator wait seconds (data.in_memory_options).
     arrays = synthetic_arrays(train=50)
     train = make_train_dataset(arrays["x_train"], arrays["y_train"], 16, seed=1)
     evaluation = make_eval_dataset(arrays["x_train"], arrays["y_train"], 16)
@@ -408,7 +410,7 @@ def test_batch_larger_than_the_data(prepared, tmp_path):
 
 
 def test_the_params_loader_does_not_import_tensorflow():
-    code = "import sys, stages.params; print('tensorflow' in sys.modules)"
+    code = "import sys, loopline.params; print('tensorflow' in sys.modules)"
     result = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
     )

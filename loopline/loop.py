@@ -15,30 +15,26 @@ What makes it fast, without hiding the step:
   whole number of groups), evaluation pads its last batch and gives the padding zero
   weight, so nothing retraces or recompiles;
 - the data is decoded once into memory (uint8) and served by tf.data with prefetching,
-  without the autotuning model (see in_memory_options).
-The same code runs under any tf.distribute strategy (per-example losses averaged over the
-global batch, metrics updated inside the replica function, variables created in the
-strategy's scope); each worker reads only its own share of the training shards.
+  without the autotuning model (data.py).
+The same code runs under any tf.distribute strategy (distribute.py): per-example losses
+averaged over the global batch, metrics updated inside the replica function, variables
+created in the strategy's scope.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import keras
-import numpy as np
 import tensorflow as tf
 
-from stages.params import check_train_params, dispatch_table
-from stages.records import NUM_CLASSES, split_shards
+from loopline.params import check_train_params, dispatch_table
+from loopline.records import NUM_CLASSES, split_shards
 
 if TYPE_CHECKING:  # only annotates run_epoch: the loop needs no DVCLive
-    from stages.progress import Progress
+    from loopline.progress import Progress
 
 
 class Trainer:
@@ -168,110 +164,6 @@ def steps_per_epoch(data_dir: Path, params: dict, replicas: int) -> int:
     return train_examples // params["batch_size"] // group * group
 
 
-def in_memory_options() -> tf.data.Options:
-    """tf.data options for the pipelines here, which serve arrays already in memory.
-
-    No autotuning model: these pipelines have nothing for it to tune (prefetch sizes its
-    buffer by itself), and deleting an iterator waits for the model's background thread.
-    Measured with TF 2.21 on this machine, training the tutorial model: a wait of 1.1 to
-    2.8 s after 4 of 6 epochs of 7.5 s each, and none with the model off, at the same
-    speed.
-    """
-    options = tf.data.Options()
-    options.autotune.enabled = False
-    return options
-
-
-def make_train_dataset(
-    images: np.ndarray, labels: np.ndarray, batch_size: int, seed: int
-) -> tf.data.Dataset:
-    """Shuffled full batches for one epoch; `seed` fixes this epoch's order."""
-    return (
-        tf.data.Dataset.from_tensor_slices((images, labels))
-        .shuffle(len(images), seed=seed)
-        .batch(batch_size, drop_remainder=True)
-        .prefetch(tf.data.AUTOTUNE)
-        .with_options(in_memory_options())
-    )
-
-
-def make_eval_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int) -> tf.data.Dataset:
-    """(images, labels, weights) in equal batches; padding examples weigh 0, real ones 1."""
-    batch_size = min(batch_size, len(images))
-    padding = -len(images) % batch_size
-    weights = np.concatenate([np.ones(len(images), np.float32), np.zeros(padding, np.float32)])
-    images = np.concatenate([images, np.zeros((padding, *images.shape[1:]), images.dtype)])
-    labels = np.concatenate([labels, np.zeros(padding, labels.dtype)])
-    # Several workers split the batches between them (the padding weights travel with
-    # them) and the metrics add up over the workers. Tensors in memory have no files to
-    # shard by: say DATA rather than let AUTO try FILE first and log a warning.
-    options = in_memory_options()
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    return (
-        tf.data.Dataset.from_tensor_slices((images, labels, weights))
-        .batch(batch_size, drop_remainder=True)
-        .prefetch(tf.data.AUTOTUNE)
-        .with_options(options)
-    )
-
-
-def distribute_train_dataset(
-    strategy: tf.distribute.Strategy,
-    load_shards: Callable[[int, int], tuple[np.ndarray, np.ndarray]],
-    global_batch_size: int,
-    seed: int,
-) -> tf.distribute.DistributedDataset:
-    """One epoch of training batches for every replica; a worker reads only its shards.
-
-    `load_shards(index, count)` returns the examples of the training shard files
-    index::count. Sharding by file, by hand: each worker (input pipeline) decodes only its
-    own files, where auto-sharding an in-memory dataset would make every worker load all
-    of them. With one worker (`none`, `mirrored`) the batches are make_train_dataset's,
-    the same for every strategy; replicas on one worker take turns at them.
-    """
-
-    def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
-        images, labels = load_shards(context.input_pipeline_id, context.num_input_pipelines)
-        batch_size = context.get_per_replica_batch_size(global_batch_size)
-        # Every worker must run the same number of steps (each one is collective), but
-        # their shares differ by up to a shard: one that runs out starts its share again.
-        return make_train_dataset(images, labels, batch_size, seed).repeat()
-
-    return strategy.distribute_datasets_from_function(dataset_fn)
-
-
-def _mirrored_strategy() -> tf.distribute.Strategy:
-    if tf.config.list_physical_devices("GPU"):
-        return tf.distribute.MirroredStrategy()
-    # No GPU: split the CPU into two logical devices, so the strategy runs (and is tested)
-    # here. This must happen before TensorFlow initialises its devices.
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-
-
-def _multi_worker_strategy() -> tf.distribute.Strategy:
-    if "TF_CONFIG" not in os.environ:
-        raise ValueError(
-            "params.yaml: distribute: multi_worker needs the TF_CONFIG environment variable "
-            "(cluster and task); see README"
-        )
-    try:
-        json.loads(os.environ["TF_CONFIG"])
-    except json.JSONDecodeError as error:
-        raise ValueError(f"TF_CONFIG: not valid JSON ({error}); see README") from None
-    return tf.distribute.MultiWorkerMirroredStrategy()
-
-
-# The `distribute` param's choices (params.STRATEGIES) and what each one makes.
-STRATEGIES = dispatch_table(
-    "distribute",
-    none=tf.distribute.get_strategy,
-    mirrored=_mirrored_strategy,
-    multi_worker=_multi_worker_strategy,
-)
-
-
 # One-cycle (Smith and Topin's "super-convergence", as fast.ai's fit_one_cycle uses it): a
 # short linear warm-up from a small learning rate lets a high peak rate be used without the
 # first steps of a fresh model (and fresh batch-norm statistics) diverging; the cosine decay
@@ -305,21 +197,3 @@ SCHEDULES = dispatch_table(
     ),
     onecycle=one_cycle,
 )
-
-
-def make_strategy(name: str) -> tf.distribute.Strategy:
-    """The tf.distribute strategy for the `distribute` param."""
-    return STRATEGIES[name]()
-
-
-def supports_xla(strategy: tf.distribute.Strategy) -> bool:
-    """Whether the steps can be compiled with XLA under `strategy`: not with CPU replicas.
-
-    Measured with TF 2.21 on this CPU: over two logical CPU devices (`mirrored`) XLA runs
-    both replicas' steps on the first ("Trying to access resource .../replica_1 located in
-    device CPU:1 from device CPU:0"); across workers on CPU (`multi_worker`) "Collectives
-    are not yet implemented for CPU devices when compiling with XLA". One replica, or GPUs.
-    """
-    if strategy.num_replicas_in_sync == 1:
-        return True
-    return all("GPU" in device.upper() for device in strategy.extended.worker_devices)

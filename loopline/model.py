@@ -16,8 +16,8 @@ from keras import layers
 from tensorflow.core.protobuf import fingerprint_pb2, saved_model_pb2
 from tensorflow.python.saved_model.pywrap_saved_model import fingerprinting
 
-from stages.params import dispatch_table
-from stages.records import IMAGE_SIZE, NUM_CLASSES
+from loopline.params import dispatch_table
+from loopline.records import IMAGE_SIZE, NUM_CLASSES
 
 
 def _inputs() -> tuple[keras.KerasTensor, keras.KerasTensor]:

@@ -1,7 +1,7 @@
 """Loading and calling the SavedModel: the one place that knows its signature.
 
 evaluate, predict and export read models/mnist through these functions only, never through
-the training code. Writing it is stages/model.py's `export_saved_model` (a dependency of
+the training code. Writing it is loopline/model.py's `export_saved_model` (a dependency of
 train: changing how models are read must not re-train them).
 """
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from stages.records import IMAGE_SIZE
+from loopline.records import IMAGE_SIZE
 
 OUTPUTS = ("logits", "probabilities", "classes")
 

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from stages.files import write_json
-from stages.loop import Trainer
+from loopline.files import write_json
+from loopline.loop import Trainer
 
 # How a checkpoint's save fails on a full disk or a read-only folder: TensorFlow's errors for
 # its own files, OSError for the history's.
