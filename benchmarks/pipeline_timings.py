@@ -6,14 +6,13 @@ each stage starts; then a second, no-op `dvc repro`; then the reference tutorial
 (benchmarks/tutorial.py, 5 epochs) timed the same way, as a fresh process. The two take
 turns, --repeats times, in one invocation, so they see the same machine; the medians are
 reported, every run is kept in the JSON.
-Writes --output (JSON).
+Writes benchmarks/results/<machine id>/pipeline_timings.json (benchmarks/machine.py).
 Run    python -m benchmarks.pipeline_timings [--repeats 3]
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import re
@@ -24,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from loopline.files import write_json
+from benchmarks import machine
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -98,12 +97,13 @@ def main() -> None:
     parser.add_argument(
         "--output",
         type=Path,
-        default=REPO / "benchmarks/results/pipeline_timings.json",
-        help="(default: %(default)s)",
+        help="where to write the results as JSON (default: "
+        "benchmarks/results/<machine id>/pipeline_timings.json)",
     )
     arguments = parser.parse_args()
     if arguments.repeats < 1:
         parser.error("--repeats must be at least 1")
+    this_machine = machine.describe()
     env = environment()
     repros, tutorials = [], []
     for repeat in range(arguments.repeats):
@@ -118,8 +118,6 @@ def main() -> None:
     repro_seconds = statistics.median(run["seconds"] for run in repros)
     tutorial_seconds = statistics.median(run["seconds"] for run in tutorials)
     results = {
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "load_average_1min_after": os.getloadavg()[0],
         "repeats": arguments.repeats,
         "dvc_repro_seconds": repro_seconds,
         "stage_seconds": {
@@ -136,7 +134,8 @@ def main() -> None:
     for key, value in results.items():
         if key != "runs":
             print(f"{key:>24}: {value}")
-    write_json(arguments.output, results)
+    path = machine.write_results("pipeline_timings", results, this_machine, arguments.output)
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

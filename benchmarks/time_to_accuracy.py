@@ -6,17 +6,16 @@ In one invocation, taking turns --repeats times: (1) the reference tutorial's pr
 fresh clone of this repository's HEAD whose `prepare` already ran (a seed other than
 params.yaml's re-runs prepare too, and its seconds count); (3) with --default-repro, the
 default `dvc repro` on another fresh clone. Repeat i runs the experiment with seed
-SEEDS[i], so three repeats give the three-seed mean. Prints and writes --output (JSON):
-every run, the medians and the ratio of the experiment's time to the tutorial's.
+SEEDS[i], so three repeats give the three-seed mean. Prints and writes
+benchmarks/results/<machine id>/time_to_accuracy.json (benchmarks/machine.py): every run,
+the medians and the ratio of the experiment's time to the tutorial's.
 Run    python -m benchmarks.time_to_accuracy [--repeats 3] [--default-repro]
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
 import shlex
 import statistics
 import subprocess
@@ -24,6 +23,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from benchmarks import machine
 from benchmarks.pipeline_timings import (
     REPO,
     environment,
@@ -31,7 +31,6 @@ from benchmarks.pipeline_timings import (
     timed_run,
     tutorial,
 )
-from loopline.files import write_json
 
 SEEDS = (42, 43, 44)
 
@@ -87,12 +86,13 @@ def main() -> None:
     parser.add_argument(
         "--output",
         type=Path,
-        default=REPO / "benchmarks/results/time_to_accuracy.json",
-        help="(default: %(default)s)",
+        help="where to write the results as JSON (default: "
+        "benchmarks/results/<machine id>/time_to_accuracy.json)",
     )
     arguments = parser.parse_args()
     if not 1 <= arguments.repeats <= len(SEEDS):
         parser.error(f"--repeats must be from 1 to {len(SEEDS)}")
+    this_machine = machine.describe()
     env = environment()
     overrides = best_overrides()
     tutorials, experiments, repros = [], [], []
@@ -116,8 +116,6 @@ def main() -> None:
     tutorial_summary, best_summary = summary(tutorials), summary(experiments)
     tutorial_seconds = tutorial_summary["median_seconds"]
     results = {
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "load_average_1min_after": os.getloadavg()[0],
         "best_overrides": overrides,
         "tutorial": tutorial_summary,
         "best": best_summary,
@@ -132,7 +130,8 @@ def main() -> None:
     for key, value in results.items():
         if key != "runs":
             print(f"{key:>28}: {value}")
-    write_json(arguments.output, results)
+    path = machine.write_results("time_to_accuracy", results, this_machine, arguments.output)
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

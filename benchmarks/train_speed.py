@@ -7,27 +7,25 @@ the strongest baselines, (d) this project's Trainer as stages.train drives it, a
 (d2) the same with one step per compiled program and without XLA; then (e) the input
 pipeline alone, (f) a large float32 matmul, the machine's practical peak, and (g) its
 memory bandwidth. See benchmarks/README.md.
-Reads  data/prepared (run `dvc repro prepare` first).  Writes --output (JSON).
+Reads  data/prepared (run `dvc repro prepare` first).
+Writes benchmarks/results/<machine id>/train_speed.json (benchmarks/machine.py), or --output.
 Run    python -m benchmarks.train_speed [--steps 200 --repeats 5 --warmup 100]
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
-import platform
 import statistics
 import sys
 from pathlib import Path
 
-import keras
 import tensorflow as tf
 
-from benchmarks import measure
+from benchmarks import machine, measure
 from benchmarks.measure import BATCH_SIZE, FIT_STEPS_PER_EXECUTION, STEPS_PER_EXECUTION
 from loopline import records
-from loopline.files import run_stage, write_json
+from loopline.files import run_stage
 
 # FLOPs of one training step (a multiply-add is 2 FLOPs), forward pass, per example:
 #   Conv2D 32 3x3, 28x28x1 -> 26x26x32:  26*26*32 * 3*3*1 * 2 =   389,376
@@ -52,22 +50,9 @@ MIN_BYTES_PER_STEP = 10 * KERNEL_BYTES
 MEMORY_MEGABYTES = 44  # (g): kernel, gradient and moments together, beyond the L3 cache
 
 
-def machine_info() -> dict:
-    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    models = [
-        line.split(":", 1)[1].strip()
-        for line in cpuinfo.splitlines()
-        if line.startswith("model name")
-    ]
+def threads() -> dict:
+    """TensorFlow's threading as found (never set here): 0 means one thread per core."""
     return {
-        "cpu_model": models[0] if models else platform.processor(),
-        "cores": os.cpu_count(),
-        "usable_cores": len(os.sched_getaffinity(0)),
-        "load_average_1min_before": os.getloadavg()[0],
-        "python": platform.python_version(),
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
-        # As they are, not set: 0 means TensorFlow's default (one thread per core).
         "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
         "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
         "thread_variables": {
@@ -182,8 +167,8 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument(
         "--output",
         type=Path,
-        default=Path("benchmarks/results/train_speed.json"),
-        help="where to write the results as JSON (default: %(default)s)",
+        help="where to write the results as JSON (default: "
+        "benchmarks/results/<machine id>/train_speed.json)",
     )
     arguments = parser.parse_args()
     if arguments.steps < 2 or arguments.repeats < 1 or arguments.warmup < 1:
@@ -195,7 +180,7 @@ def main() -> None:
     arguments = parse_arguments()
     if not (arguments.data / "meta.json").is_file():
         raise FileNotFoundError(f"{arguments.data}: no prepared TFRecords; run `dvc repro prepare`")
-    machine = machine_info()
+    this_machine = machine.describe()
     images, labels = records.load_split(arguments.data, "train")
     variants = {
         "(a) tutorial loop, per-step tf.function": measure.tutorial_loop(images, labels),
@@ -267,11 +252,10 @@ def main() -> None:
         part: statistics.median(run[part] for run in pipeline_runs) for part in pipeline_runs[0]
     }
     print_tables(rows, pipeline, matmul_result, memory_result, bounds)
-    write_json(
-        arguments.output,
+    path = machine.write_results(
+        "train_speed",
         {
-            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-            "machine": machine | {"load_average_1min_after": os.getloadavg()[0]},
+            "threads": threads(),
             "flags": {
                 name: str(value) if isinstance(value, Path) else value
                 for name, value in vars(arguments).items()
@@ -284,8 +268,10 @@ def main() -> None:
             "memory": memory_result,
             "limits": bounds,
         },
+        this_machine,
+        arguments.output,
     )
-    print(f"\nwrote {arguments.output}")
+    print(f"\nwrote {path}")
 
 
 if __name__ == "__main__":
