@@ -15,10 +15,13 @@ LOCK_FILES := requirements.txt:12.0 requirements-dev.txt:14.0
 UV_COMPILE := uv pip compile --quiet --universal --python-version 3.11 --generate-hashes \
 	--custom-compile-command "make lock"
 
-.PHONY: repro test lint exps bench pictures best print-best clean-venv lock check-lock
+.PHONY: repro test lint exps bench pictures docs best print-best clean-venv lock check-lock
 
+# metrics/machine.json names the machine that trained the committed metrics (rewritten only
+# when train wrote other bits: benchmarks/machine.py).
 repro: $(STAMP)
 	dvc repro
+	python -m benchmarks.machine --record metrics/machine.json
 
 # Two workers (pytest-xdist), fed as tests/conftest.py says: the end-to-end project's DVC
 # runs on one while the other runs the rest, a test at a time.
@@ -28,8 +31,8 @@ test: $(DEV_STAMP)
 lint: $(DEV_STAMP)
 	ruff check . && ruff format --check .
 
-# The experiments table, narrow enough for a 120-column terminal (README, "Watching a
-# run"): the params that differ between rows, validation and test accuracy (eval.json's
+# The experiments table, narrow enough for a 120-column terminal (docs/experiments.md): the
+# params that differ between rows, validation and test accuracy (eval.json's
 # `accuracy`), TFLite's accuracy. Left out: dates, dependency hashes (stages/, loopline/, data/,
 # models/), losses, training metrics and the TFLite model's size.
 EXPS_DROP := Created|stages/|loopline/|data/|models/|train\.|.*loss|tflite_bytes
@@ -44,12 +47,16 @@ bench: $(STAMP)
 pictures: $(STAMP)
 	python docs/make_pictures.py
 
-# The strongest-fastest experiment (issue #13): the `fast` model (loopline/model.py), 5 epochs
-# of batch 128 with a one-cycle schedule peaking at 0.004. jit_compile=false: max pooling has
-# no deterministic XLA gradient (params.py refuses it), and XLA's CPU convolutions are slower
-# here anyway. steps_per_execution stays 4 (3 or 12 measured no faster without XLA); an epoch
-# of 429 batches then drops 1. `make best` replaces an earlier experiment named best, if any;
-# `make print-best` prints the overrides (benchmarks/time_to_accuracy.py reads them).
+# Every measured number of README.md and docs/*.md, from the committed results files:
+# docs/generate.py says how a generated block works and how to add one.
+docs: $(STAMP)
+	python docs/generate.py
+
+# The strongest-fastest recipe: the `fast` model (loopline/model.py), 5 epochs of batch 128
+# with a one-cycle schedule peaking at 0.004, without XLA (max pooling has no deterministic
+# XLA gradient: params.py refuses the combination); docs/research-log.md says how it was
+# chosen. `make best` replaces an experiment named best, if any; `make print-best` prints the
+# overrides (benchmarks/time_to_accuracy.py reads them).
 BEST := -S model=fast -S epochs=5 -S batch_size=128 -S learning_rate=0.004 \
 	-S learning_rate_schedule=onecycle -S jit_compile=false
 best: $(STAMP)

@@ -13,18 +13,30 @@ beside the others, never over them, and no ratio ever mixes two machines. A file
 
 A benchmark calls `describe()` before its work (the load average before) and
 `write_results(name, results, machine)` after it (the load average after, the date).
+
+The committed `metrics/` name their machine too, in `metrics/machine.json`: `make repro`
+runs `python -m benchmarks.machine --record metrics/machine.json` after `dvc repro`, which
+rewrites the file only when the train stage's outputs in dvc.lock are not the ones it
+names, that is when train ran and wrote other bits (on another kind of CPU, say), not
+after `dvc pull` or a run that wrote the same bits. `python -m benchmarks.machine` prints
+this machine's description.
 """
 
 from __future__ import annotations
 
+import argparse
 import datetime
+import hashlib
 import importlib.metadata
 import json
 import os
 import platform
 import re
 import subprocess
+import sys
 from pathlib import Path
+
+import yaml
 
 from loopline.files import write_json
 
@@ -155,3 +167,47 @@ def read_results(benchmark: str, root: Path = RESULTS) -> dict[str, dict]:
         path.parent.name: json.loads(path.read_text())
         for path in sorted(root.glob(f"*/{benchmark}.json"))
     }
+
+
+# The fields of `describe()` that stay the same from run to run on one kind of machine.
+STABLE = ("id", "cpu_model", "instruction_set", "cores", "tensorflow", "keras")
+
+
+def train_fingerprint(lock: Path) -> str:
+    """A hash of the train stage's output hashes in dvc.lock: other bits, another value."""
+    stage = yaml.safe_load(lock.read_text())["stages"]["train"]
+    hashes = sorted(f"{out['path']} {out['md5']}" for out in stage["outs"])
+    return hashlib.sha256("\n".join(hashes).encode()).hexdigest()[:16]
+
+
+def record(path: Path, lock: Path = REPO / "dvc.lock") -> bool:
+    """Write this machine's STABLE fields to `path` for the run dvc.lock names, unless
+    `path` already names that run; return whether it wrote."""
+    fingerprint = train_fingerprint(lock)
+    if path.exists() and json.loads(path.read_text()).get("train_outputs") == fingerprint:
+        return False
+    described = describe()
+    write_json(
+        path, {"train_outputs": fingerprint, "machine": {key: described[key] for key in STABLE}}
+    )
+    return True
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="This machine, as benchmark results name it.")
+    parser.add_argument(
+        "--record",
+        type=Path,
+        metavar="PATH",
+        help="write the machine of the run dvc.lock names to PATH (metrics/machine.json)",
+    )
+    arguments = parser.parse_args()
+    if arguments.record is None:
+        json.dump(describe(), sys.stdout, indent=2)
+        print()
+    elif record(arguments.record):
+        print(f"{arguments.record}: trained on {describe()['id']}")
+
+
+if __name__ == "__main__":
+    main()

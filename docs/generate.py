@@ -1,0 +1,333 @@
+"""make docs: write every measured number of README.md and docs/*.md from committed files.
+
+A page holds generated blocks between two markers:
+
+    <!-- generated: default_run -->
+    (what default_run() returns; never edit it by hand)
+    <!-- end generated -->
+
+The name after `generated:` is a function of this module marked `@generator`: it reads
+committed results (metrics/*.json, metrics/train/, metrics/machine.json, params.yaml,
+benchmarks/results/<machine id>/*.json) and returns the block's Markdown, saying once
+which run and which machine gave its numbers. A name may appear on several pages.
+
+To add a block: write a function here that takes no argument and returns Markdown, put
+`@generator` above it, put the two markers with its name in a page, and run `make docs`.
+`tests/test_docs.py` fails while a block differs from what `make docs` writes, and when a
+marker names no generator.
+
+Run    make docs           (python docs/generate.py)
+       python docs/generate.py --check    (exit 1, naming the blocks that differ)
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import itertools
+import json
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run as a script: loopline and benchmarks from this checkout
+
+from benchmarks.machine import read_results  # noqa: E402
+from loopline.params import SPECS  # noqa: E402
+
+BLOCK = re.compile(r"(<!-- generated: ([\w-]+) -->\n)(.*?)(<!-- end generated -->)", re.DOTALL)
+OPENING = re.compile(r"<!-- generated: ([^ ]*) -->")
+GENERATORS: dict[str, Callable[[], str]] = {}
+
+
+def generator(function: Callable[[], str]) -> Callable[[], str]:
+    """Make `function` the generator of the blocks named after it."""
+    GENERATORS[function.__name__] = function
+    return function
+
+
+def pages() -> list[Path]:
+    return [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+
+
+def render(text: str, where: str = "page") -> str:
+    """`text` with every generated block rewritten by its generator."""
+    names = OPENING.findall(text)
+    unknown = [name for name in names if name not in GENERATORS]
+    if unknown:
+        raise ValueError(
+            f"{where}: no generator named {unknown[0]!r}; known: {', '.join(GENERATORS)}"
+        )
+    if len(BLOCK.findall(text)) != len(names):
+        raise ValueError(f"{where}: a `<!-- generated: NAME -->` without its end marker")
+    return BLOCK.sub(
+        lambda match: match[1] + GENERATORS[match[2]]().strip() + "\n" + match[4], text
+    )
+
+
+# Reading the committed files ---------------------------------------------------------------
+
+
+def read_json(path: str) -> dict:
+    return json.loads((REPO / path).read_text())
+
+
+def machine_words(machine: dict) -> str:
+    """`intel-xeon-avx512-amx-2c` (Intel(R) Xeon(R) Processor: AVX2, AVX-512; 2 cores)."""
+    instructions = ", ".join(machine.get("instruction_set") or []) or "instruction set unknown"
+    return (
+        f"`{machine['id']}` ({machine['cpu_model']}: {instructions}; {machine['cores']} cores, "
+        f"TensorFlow {machine['tensorflow']})"
+    )
+
+
+def latest(benchmark: str) -> dict | None:
+    """The most recent results of `benchmark`, of whichever machine."""
+    results = read_results(benchmark)
+    return max(results.values(), key=lambda result: result["date"]) if results else None
+
+
+def run_words(result: dict) -> str:
+    """`python -m benchmarks.NAME` of DATE (commit abc1234) on MACHINE."""
+    commit = (result["machine"].get("commit") or "unknown")[:7]
+    return (
+        f"`python -m benchmarks.{result['benchmark']}` of {result['date'][:10]} (commit "
+        f"{commit}) on {machine_words(result['machine'])}"
+    )
+
+
+def percent(fraction: float) -> str:
+    return f"{100 * fraction:.2f}%"
+
+
+def params_with_comments() -> list[tuple[str, str, str]]:
+    """(key, default as written, its comment) for each key of params.yaml, in order."""
+    rows = []
+    for line in (REPO / "params.yaml").read_text().splitlines():
+        match = re.match(r"(\w+):\s*(.*?)\s*(?:#\s*(.*))?$", line)
+        if match:
+            if not match[3]:
+                raise ValueError(f"params.yaml: {match[1]} has no comment; add one (make docs)")
+            rows.append((match[1], match[2], match[3]))
+    return rows
+
+
+# The generators ----------------------------------------------------------------------------
+
+
+@generator
+def default_run() -> str:
+    """The committed run: test, TFLite and validation accuracy, and its machine."""
+    evaluation, export = read_json("metrics/eval.json"), read_json("metrics/export.json")
+    train = read_json("metrics/train/metrics.json")
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    return "\n".join(
+        [
+            "| default run, `dvc repro` | value |",
+            "| --- | ---: |",
+            f"| test accuracy (`metrics/eval.json`) | **{percent(evaluation['accuracy'])}** |",
+            f"| test loss | {evaluation['loss']:.4f} |",
+            f"| validation accuracy, epoch {train['step']} of {params['epochs']} "
+            f"| {percent(train['validation']['accuracy'])} |",
+            f"| TFLite model ({params['quantization']}): test accuracy "
+            f"| {percent(export['tflite_accuracy'])} |",
+            f"| TFLite model: size | {export['tflite_bytes'] / 1e6:.1f} MB |",
+            "",
+            f"The committed `metrics/`, trained on "
+            f"{machine_words(read_json('metrics/machine.json')['machine'])}.",
+        ]
+    )
+
+
+@generator
+def headline() -> str:
+    """README's first table: the committed run, and the latest time_to_accuracy."""
+    evaluation = read_json("metrics/eval.json")
+    machine = read_json("metrics/machine.json")["machine"]
+    lines = [
+        f"The committed run (`metrics/`): test accuracy **{percent(evaluation['accuracy'])}**, "
+        f"trained on {machine_words(machine)}.",
+    ]
+    result = latest("time_to_accuracy")
+    if result is None:
+        return f"{lines[0]}\nNo time measured yet: `python -m benchmarks.time_to_accuracy`."
+    tutorial, best = result["tutorial"], result["best"]
+    lines += [
+        "",
+        "| program | test accuracy | wall time | of the tutorial's |",
+        "| --- | ---: | ---: | ---: |",
+        f"| the tutorial's program, 5 epochs | {percent(tutorial['mean_test_accuracy'])} "
+        f"| {tutorial['median_seconds']:.0f} s | 1.00x |",
+    ]
+    if "default_repro_median_seconds" in result:
+        accuracy = result["runs"]["default_repro"][0]["test_accuracy"]
+        lines.append(
+            f"| the default pipeline: `dvc repro` on a fresh clone | {percent(accuracy)} "
+            f"| {result['default_repro_median_seconds']:.0f} s "
+            f"| {result['default_repro_over_tutorial']:.2f}x |"
+        )
+    lines += [
+        f"| `make best` (mean of {len(result['runs']['best'])} seeds) "
+        f"| **{percent(best['mean_test_accuracy'])}** | {best['median_seconds']:.0f} s "
+        f"| **{result['best_over_tutorial']:.2f}x** |",
+        "",
+        f"Times are medians of turns taken in one run: {run_words(result)}.",
+    ]
+    return "\n".join(lines)
+
+
+@generator
+def time_to_accuracy() -> str:
+    """Every machine's time_to_accuracy, one table each, every turn."""
+    sections = []
+    for result in read_results("time_to_accuracy").values():
+        runs = result["runs"]
+        repros = runs.get("default_repro", [])
+        rows = [
+            f"{run_words(result)}:",
+            "",
+            "| turn (seed) | tutorial's program | `make best`'s `dvc exp run` | ratio "
+            "| default `dvc repro` |",
+            "| --- | ---: | ---: | ---: | ---: |",
+        ]
+        for turn, (tutorial, best) in enumerate(zip(runs["tutorial"], runs["best"], strict=True)):
+            repro = f"{repros[turn]['seconds']:.0f} s" if turn < len(repros) else ""
+            rows.append(
+                f"| {turn + 1} ({best['seed']}) | {tutorial['seconds']:.0f} s, "
+                f"{percent(tutorial['test_accuracy'])} | {best['seconds']:.0f} s, "
+                f"{percent(best['test_accuracy'])} | {best['seconds'] / tutorial['seconds']:.2f}x "
+                f"| {repro} |"
+            )
+        median_repro = (
+            f"{result['default_repro_median_seconds']:.0f} s "
+            f"({result['default_repro_over_tutorial']:.2f}x)"
+            if repros
+            else ""
+        )
+        rows.append(
+            f"| median / mean | {result['tutorial']['median_seconds']:.0f} s, "
+            f"{percent(result['tutorial']['mean_test_accuracy'])} "
+            f"| {result['best']['median_seconds']:.0f} s, "
+            f"**{percent(result['best']['mean_test_accuracy'])}** "
+            f"| **{result['best_over_tutorial']:.2f}x** | {median_repro} |"
+        )
+        rows += [f"\nNote: {note}" for note in result.get("notes", [])]
+        sections.append("\n".join(rows))
+    return "\n\n".join(sections)
+
+
+@generator
+def train_speed() -> str:
+    """Every machine's train_speed: ms per step of each variant, and the machine's limits."""
+    sections = []
+    for result in read_results("train_speed").values():
+        rows = [
+            f"{run_words(result)}; {result['flags']['repeats']} repeats of "
+            f"{result['flags']['steps']} steps, batch {result['batch_size']}:",
+            "",
+            "| variant | ms/step (min-max) | over (a) | over the best `fit` "
+            "| of the bandwidth floor |",
+            "| --- | ---: | ---: | ---: | ---: |",
+        ]
+        for variant in result["variants"]:
+            runs = variant["ms_per_step_runs"]
+            rows.append(
+                f"| {variant['variant']} | {variant['ms_per_step']:.1f} "
+                f"({min(runs):.1f}-{max(runs):.1f}) | {variant['speedup_over_a']:.2f}x "
+                f"| {variant['speedup_over_best_fit']:.2f}x "
+                f"| {variant['fraction_of_bandwidth_floor']:.0%} |"
+            )
+        limits, memory = result["limits"], result["memory"]
+        batches = result["input_pipeline_examples_per_second"]
+        batches = batches.get("make_train_dataset, one epoch of batches")
+        rows += [
+            "",
+            f"Memory: {memory['gbps']:.0f} GB/s, so moving the "
+            f"{limits['min_bytes_per_step'] / 1e6:.0f} MB a step reads and writes takes "
+            f"{limits['ms_per_step_moving_min_bytes']:.1f} ms (the bandwidth floor). Float32 "
+            f"matmul: {result['matmul']['gflops']:.0f} GFLOP/s, so the step's "
+            f"{result['flops_per_step'] / 1e9:.2f} GFLOP take "
+            f"{limits['ms_per_step_at_matmul_peak']:.1f} ms at that peak. The input pipeline "
+            f"alone: {batches:,.0f} examples/s.",
+        ]
+        sections.append("\n".join(rows))
+    return "\n\n".join(sections)
+
+
+@generator
+def first_classes() -> str:
+    """The classes the committed model gives the first five test images."""
+    with (REPO / "metrics/confusion.csv").open() as file:
+        predicted = [row["predicted"] for row in itertools.islice(csv.DictReader(file), 5)]
+    return (
+        f"For the committed model, the first five test images' classes are "
+        f"`[{' '.join(predicted)}]` (`metrics/confusion.csv`)."
+    )
+
+
+@generator
+def suite_time() -> str:
+    """How long `make test` took, and where."""
+    result = latest("suite_time")
+    if result is None:
+        return "`make test`'s time: not measured yet (`python -m benchmarks.suite_time`)."
+    return (
+        f"`make test`: {result['passed']} tests in {result['seconds'] / 60:.1f} minutes, "
+        f"from {run_words(result)}."
+    )
+
+
+@generator
+def params() -> str:
+    """README's params table: each key of params.yaml, its default and its comment."""
+    rows = ["| key | default | what it sets |", "| --- | --- | --- |"]
+    rows += [
+        f"| `{key}` | `{value}` | {comment} |" for key, value, comment in params_with_comments()
+    ]
+    return "\n".join(rows)
+
+
+@generator
+def params_reference() -> str:
+    """Each param: its default, the values `validate` accepts, the stages that read it."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    readers: dict[str, list[str]] = {}
+    for name, stage in stages.items():
+        for key in stage.get("params", []):
+            if isinstance(key, str):
+                readers.setdefault(key, []).append(name)
+    rows = ["| key | default | accepted | read by |", "| --- | --- | --- | --- |"]
+    for key, value, _ in params_with_comments():
+        rows.append(
+            f"| `{key}` | `{value}` | {SPECS[key].expected} | {', '.join(readers.get(key, []))} |"
+        )
+    return "\n".join(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="change nothing; exit 1 if stale")
+    arguments = parser.parse_args()
+    stale = []
+    for page in pages():
+        text = page.read_text()
+        rendered = render(text, page.relative_to(REPO).as_posix())
+        if rendered != text:
+            stale.append(page.relative_to(REPO).as_posix())
+            if not arguments.check:
+                page.write_text(rendered)
+    if arguments.check and stale:
+        sys.exit(f"error: generated blocks out of date in {', '.join(stale)}: run `make docs`")
+    if not arguments.check:
+        print(f"rewrote {', '.join(stale)}" if stale else "every generated block is up to date")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ValueError, FileNotFoundError) as error:
+        sys.exit(f"error: {error}")
