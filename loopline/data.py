@@ -17,10 +17,9 @@ def in_memory_options() -> tf.data.Options:
     """tf.data options for the pipelines here, which serve arrays already in memory.
 
     No autotuning model: these pipelines have nothing for it to tune (prefetch sizes its
-    buffer by itself), and deleting an iterator waits for the model's background thread.
-    Measured with TF 2.21 on this machine, training the tutorial model: a wait of 1.1 to
-    2.8 s after 4 of 6 epochs of 7.5 s each, and none with the model off, at the same
-    speed.
+    buffer by itself), and deleting an iterator waits for the model's background thread:
+    with TF 2.21, training the tutorial model, seconds after most epochs, and none with the
+    model off, at the same speed.
     """
     options = tf.data.Options()
     options.autotune.enabled = False

@@ -30,12 +30,12 @@ def _multi_worker_strategy() -> tf.distribute.Strategy:
     if "TF_CONFIG" not in os.environ:
         raise ValueError(
             "params.yaml: distribute: multi_worker needs the TF_CONFIG environment variable "
-            "(cluster and task); see README"
+            "(cluster and task); see docs/scale.md"
         )
     try:
         json.loads(os.environ["TF_CONFIG"])
     except json.JSONDecodeError as error:
-        raise ValueError(f"TF_CONFIG: not valid JSON ({error}); see README") from None
+        raise ValueError(f"TF_CONFIG: not valid JSON ({error}); see docs/scale.md") from None
     return tf.distribute.MultiWorkerMirroredStrategy()
 
 
@@ -56,7 +56,7 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
 def supports_xla(strategy: tf.distribute.Strategy) -> bool:
     """Whether the steps can be compiled with XLA under `strategy`: not with CPU replicas.
 
-    Measured with TF 2.21 on this CPU: over two logical CPU devices (`mirrored`) XLA runs
+    With TF 2.21 on a CPU: over two logical CPU devices (`mirrored`) XLA runs
     both replicas' steps on the first ("Trying to access resource .../replica_1 located in
     device CPU:1 from device CPU:0"); across workers on CPU (`multi_worker`) "Collectives
     are not yet implemented for CPU devices when compiling with XLA". One replica, or GPUs.
