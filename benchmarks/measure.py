@@ -28,7 +28,7 @@ from loopline.model import build_model
 # stay comparable from run to run; STEPS_PER_EXECUTION is params.yaml's default.
 BATCH_SIZE = 32
 STEPS_PER_EXECUTION = 4
-# model.fit's steps per call for its strongest variants: enough that Python's share vanishes.
+# model.fit's steps per call for its strongest variant (c2): Python is entered rarely.
 FIT_STEPS_PER_EXECUTION = 48
 SHUFFLE_SEED = 0  # timing does not depend on it
 MATMULS_PER_RUN = 5

@@ -55,7 +55,11 @@ def generator(function: Callable[[], str]) -> Callable[[], str]:
 
 
 def pages() -> list[Path]:
-    return [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+    return [
+        REPO / "README.md",
+        *sorted((REPO / "docs").glob("*.md")),
+        REPO / "benchmarks/README.md",
+    ]
 
 
 def render(text: str, where: str = "page") -> str:

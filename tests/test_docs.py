@@ -15,7 +15,9 @@ generate = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(generate)
 
 
-@pytest.mark.parametrize("page", generate.pages(), ids=lambda page: page.name)
+@pytest.mark.parametrize(
+    "page", generate.pages(), ids=lambda page: page.relative_to(REPO).as_posix()
+)
 def test_every_generated_block_is_what_make_docs_writes(page) -> None:
     text = page.read_text()
     assert generate.render(text, page.name) == text, f"{page.name}: run `make docs`"
