@@ -31,7 +31,7 @@ import keras
 import tensorflow as tf
 
 from loopline.params import check_train_params, dispatch_table
-from loopline.records import NUM_CLASSES, split_shards
+from loopline.records import split_shards
 
 if TYPE_CHECKING:  # only annotates run_epoch: the loop needs no DVCLive
     from loopline.progress import Progress
@@ -121,18 +121,23 @@ class Trainer:
 
 
 # Runaway training stops when the mean loss of the epoch so far is not finite or exceeds 10x
-# an untrained model's: uniform logits over 10 classes cost ln(10) = 2.30 per example, and
-# a mean above 23 needs the true class at odds below 1e-10 on average: confidently wrong.
+# an untrained model's: uniform logits over 10 classes cost ln(10) = 2.30 per example (over
+# n classes, ln(n)), and a mean above 23 needs the true class at odds below 1e-10 on
+# average: confidently wrong.
 # Measured on MNIST (batch 32, checked every 4 steps as run_epoch does), healthy runs peak
 # at their first check and fall from there: tutorial model at learning_rate 0.001, 0.003,
 # 0.01: 2.13, 2.13, 3.37; convnet: 2.53, 2.30, 2.30; even the tutorial model at 0.03
 # peaks at 10.1 and trains (0.72 over 400 steps). At learning_rate 1000: 4.5e13 at once.
-UNTRAINED_LOSS = math.log(NUM_CLASSES)
-RUNAWAY_LOSS = 10 * UNTRAINED_LOSS
+RUNAWAY_FACTOR = 10
+
+
+def untrained_loss(classes: int) -> float:
+    """The cross-entropy of uniform logits over `classes` classes."""
+    return math.log(classes)
 
 
 class RunawayTrainingError(ValueError):
-    """The loss ran away (see RUNAWAY_LOSS): a learning rate too high for this model."""
+    """The loss ran away (see RUNAWAY_FACTOR): a learning rate too high for this model."""
 
 
 def run_epoch(
@@ -140,14 +145,15 @@ def run_epoch(
 ) -> None:
     """One pass over the training data, `steps_per_execution` steps per call."""
     iterator = iter(dataset)
+    untrained = untrained_loss(trainer.model.output_shape[-1])
     for done in range(trainer.steps_per_execution, steps + 1, trainer.steps_per_execution):
         trainer.run_steps(iterator)
         loss = float(trainer.train_loss.result())  # the mean over this epoch's steps so far
-        if not loss <= RUNAWAY_LOSS:  # nan too
+        if not loss <= RUNAWAY_FACTOR * untrained:  # nan too
             raise RunawayTrainingError(
                 f"params.yaml: learning_rate: training ran away in {progress.description}: "
                 f"mean loss {loss:.3g} over its first {done} steps, where an untrained model's "
-                f"is {UNTRAINED_LOSS:.2f}; lower learning_rate"
+                f"is {untrained:.2f}; lower learning_rate"
             )
         progress.update(done, loss)
 

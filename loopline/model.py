@@ -1,11 +1,14 @@
 """The models, and their export as a SavedModel that serves raw uint8 images.
 
-Every model takes uint8 images [batch, 28, 28] and scales them itself, so a served model
-cannot drift from the way it was trained; it returns logits [batch, 10].
+Every model takes uint8 images, [batch, height, width] (grey) or [batch, height, width, 3]
+(colour), and scales them itself, so a served model cannot drift from the way it was
+trained; it returns logits [batch, classes]. Each builds for any image shape its layers
+leave pixels for (loopline/sizes.py counts its weights without TensorFlow).
 """
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from pathlib import Path
@@ -17,22 +20,31 @@ from tensorflow.core.protobuf import fingerprint_pb2, saved_model_pb2
 from tensorflow.python.saved_model.pywrap_saved_model import fingerprinting
 
 from loopline.params import dispatch_table
-from loopline.records import IMAGE_SIZE, NUM_CLASSES
+
+# MNIST's images and classes: the shape the models build for when none is given.
+MNIST_SHAPE = (28, 28)
+MNIST_CLASSES = 10
 
 
-def _inputs() -> tuple[keras.KerasTensor, keras.KerasTensor]:
-    images = keras.Input(shape=(IMAGE_SIZE, IMAGE_SIZE), dtype="uint8", name="images")
+def _inputs(shape: tuple[int, ...]) -> tuple[keras.KerasTensor, keras.KerasTensor]:
+    """uint8 images of `shape` ([height, width] grey or [height, width, 3]) as floats in
+    [0, 1] with a channel axis."""
+    images = keras.Input(shape=tuple(shape), dtype="uint8", name="images")
     scaled = layers.Rescaling(1 / 255)(images)
-    return images, layers.Reshape((IMAGE_SIZE, IMAGE_SIZE, 1))(scaled)
+    if len(shape) == 3:
+        return images, scaled
+    return images, layers.Reshape((*shape, 1))(scaled)
 
 
-def tutorial_model() -> keras.Model:
-    """The reference tutorial's model: Conv2D 32 3x3 -> Flatten -> Dense 128 -> Dense 10."""
-    images, x = _inputs()
+def tutorial_model(
+    shape: tuple[int, ...] = MNIST_SHAPE, classes: int = MNIST_CLASSES
+) -> keras.Model:
+    """The reference tutorial's model: Conv2D 32 3x3 -> Flatten -> Dense 128 -> Dense classes."""
+    images, x = _inputs(shape)
     x = layers.Conv2D(32, 3, activation="relu")(x)
     x = layers.Flatten()(x)
     x = layers.Dense(128, activation="relu")(x)
-    return keras.Model(images, layers.Dense(NUM_CLASSES)(x), name="tutorial")
+    return keras.Model(images, layers.Dense(classes)(x), name="tutorial")
 
 
 class RandomShift(layers.Layer):
@@ -70,9 +82,11 @@ def _conv_block(x: keras.KerasTensor, filters: int) -> keras.KerasTensor:
     return layers.MaxPooling2D()(x)
 
 
-def convnet_model() -> keras.Model:
+def convnet_model(
+    shape: tuple[int, ...] = MNIST_SHAPE, classes: int = MNIST_CLASSES
+) -> keras.Model:
     """A stronger CNN: two conv/batch-norm blocks with pooling, dropout, light augmentation."""
-    images, x = _inputs()
+    images, x = _inputs(shape)
     # Shifts of up to 2 pixels: MNIST's digits are centred by mass, not exactly.
     x = RandomShift(2)(x)
     x = _conv_block(x, 32)
@@ -83,7 +97,7 @@ def convnet_model() -> keras.Model:
     x = layers.BatchNormalization()(x)
     x = layers.ReLU()(x)
     x = layers.Dropout(0.3)(x)
-    return keras.Model(images, layers.Dense(NUM_CLASSES)(x), name="convnet")
+    return keras.Model(images, layers.Dense(classes)(x), name="convnet")
 
 
 def _conv_bn_relu(x: keras.KerasTensor, filters: int, strides: int = 1) -> keras.KerasTensor:
@@ -92,7 +106,7 @@ def _conv_bn_relu(x: keras.KerasTensor, filters: int, strides: int = 1) -> keras
     return layers.ReLU()(x)
 
 
-def fast_model() -> keras.Model:
+def fast_model(shape: tuple[int, ...] = MNIST_SHAPE, classes: int = MNIST_CLASSES) -> keras.Model:
     """A lean CNN for `make best`: about 99.5 % in a few epochs, as it leaves 28x28 at once.
 
     Conv 3x3/2 (32) -> 14x14; conv 64, max-pool -> 7x7; conv 96, conv 96, max-pool -> 3x3;
@@ -105,7 +119,7 @@ def fast_model() -> keras.Model:
     image forward (0.72x the 128-filter version's; convnet: 37.4). The research runs
     behind it are in README's Results.
     """
-    images, x = _inputs()
+    images, x = _inputs(shape)
     x = RandomShift(2)(x)
     x = _conv_bn_relu(x, 32, strides=2)
     x = _conv_bn_relu(x, 64)
@@ -114,19 +128,19 @@ def fast_model() -> keras.Model:
     x = _conv_bn_relu(x, 96)
     x = layers.MaxPooling2D()(x)
     x = layers.Flatten()(x)
-    return keras.Model(images, layers.Dense(NUM_CLASSES)(x), name="fast")
+    return keras.Model(images, layers.Dense(classes)(x), name="fast")
 
 
 # The `model` param's choices (params.MODELS) and what builds each one.
 MODELS = dispatch_table("model", tutorial=tutorial_model, convnet=convnet_model, fast=fast_model)
 
 
-def build_model(name: str) -> keras.Model:
-    """A new model by its `model` param name, with its variables created."""
-    return MODELS[name]()
-
-
-SERVING_SIGNATURE = tf.TensorSpec([None, IMAGE_SIZE, IMAGE_SIZE], tf.uint8, name="images")
+def build_model(
+    name: str, shape: tuple[int, ...] = MNIST_SHAPE, classes: int = MNIST_CLASSES
+) -> keras.Model:
+    """A new model by its `model` param name, for images of `shape` ([height, width] or
+    [height, width, 3]) and `classes` classes, with its variables created."""
+    return MODELS[name](tuple(shape), classes)
 
 
 class Serving(tf.Module):
@@ -155,7 +169,8 @@ class Serving(tf.Module):
                 "classes": tf.argmax(logits, axis=-1, output_type=tf.int32),
             }
 
-        self.serve = tf.function(serve, input_signature=[SERVING_SIGNATURE])
+        signature = tf.TensorSpec([None, *model.input_shape[1:]], tf.uint8, name="images")
+        self.serve = tf.function(serve, input_signature=[signature])
         read = {variable.ref() for variable in self.serve.get_concrete_function().variables}
         # In the model's order: the traced function lists its variables in set order, which
         # changes from process to process and would reorder the files' contents.
@@ -175,8 +190,43 @@ def _parts(variable: tf.Variable) -> tuple[tf.Variable, ...]:
     return (variable,)
 
 
-def export_saved_model(model: keras.Model, directory: str | Path) -> None:
-    """Write `model` as a SavedModel whose `serving_default` takes uint8 [batch, 28, 28].
+# What a SavedModel's user needs besides the signature, in a file beside it (see
+# model_card): the class names, and how to turn an image into the input.
+CARD = "assets.extra/loopline.json"
+
+
+def model_card(classes: list[str], framing: str, dataset: str, shape: tuple[int, ...]) -> dict:
+    """The SavedModel's class names and input, for anyone holding only its directory."""
+    height, width = shape[:2]
+    return {
+        "dataset": dataset,
+        "classes": list(classes),
+        "input": {
+            "signature": "serving_default",
+            "name": "images",
+            "dtype": "uint8",
+            "shape": [None, *shape],
+            "pixels": "0-255, " + ("RGB" if len(shape) == 3 else "grey"),
+            "framing": framing,
+            "how": (
+                f"one handwritten digit, light on dark, its longer side scaled to "
+                f"{round(height * 20 / 28)} pixels and centred by mass in {width}x{height}, "
+                "as MNIST's"
+                if framing == "digit"
+                else f"the image resized to {width}x{height} (Pillow, bilinear)"
+            ),
+        },
+        "outputs": {
+            "logits": "float32 [batch, classes]",
+            "probabilities": "float32 [batch, classes], softmax of the logits",
+            "classes": "int32 [batch], the index in classes of the most probable class",
+        },
+    }
+
+
+def export_saved_model(model: keras.Model, directory: str | Path, card: dict | None = None) -> None:
+    """Write `model` as a SavedModel whose `serving_default` takes uint8 images of the
+    model's input shape, with `card` (model_card) in assets.extra/loopline.json.
 
     The same weights give the same bytes, whatever the process did before (see
     `_make_reproducible`).
@@ -187,6 +237,16 @@ def export_saved_model(model: keras.Model, directory: str | Path) -> None:
     signature = serving.serve.get_concrete_function()
     tf.saved_model.save(serving, str(directory), signatures={"serving_default": signature})
     _make_reproducible(Path(directory))
+    if card is None:  # a model of no data set: its classes are its output indices
+        shape = tuple(model.input_shape[1:])
+        classes = [str(index) for index in range(model.output_shape[-1])]
+        card = model_card(classes, "resize", "", shape)
+    # assets.extra/ is the SavedModel format's place for "higher-level libraries and
+    # users" (TF Serving keeps its warm-up requests there): no loader reads it, so the
+    # graph, the signature and every converter stay as they were.
+    path = Path(directory) / CARD
+    path.parent.mkdir()
+    path.write_text(json.dumps(card, indent=2, ensure_ascii=False) + "\n")
 
 
 # A function name that ends in a count taken from a process-wide counter.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +45,7 @@ def dispatch_table(key: str, **entries: T) -> dict[str, T]:
 
 @dataclass(frozen=True)
 class Spec:
-    kind: type
+    kind: type | tuple[type, ...]
     check: Callable[[Any], bool]
     expected: str
     optional: bool = False  # whether null is allowed
@@ -71,11 +72,34 @@ MAX_EXAMPLES = 1_000_000_000
 MAX_EXAMPLES_PER_SHARD = 1_000_000  # prepare holds one shard's images per core: 784 MB
 
 
+# A data set's folder name under data/raw: letters, digits, dots, dashes and underscores,
+# not starting with a dot (a hidden folder), so it is one path component on every system.
+DATASET_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
+
+
+def _size_or_fraction(value: Any) -> bool:
+    """A count of at least 1, or a fraction strictly between 0 and 1."""
+    if isinstance(value, float):
+        return 0 < value < 1
+    return 1 <= value <= MAX_EXAMPLES
+
+
 SPECS: dict[str, Spec] = {
+    # check_data, prepare, train, evaluate and export (their paths: dvc.yaml's ${dataset})
+    "dataset": Spec(
+        str,
+        lambda value: DATASET_NAME.fullmatch(value) is not None,
+        "the name of a folder in data/raw (letters, digits, '.', '-', '_')",
+    ),
     # prepare
     # NumPy's legacy seeding (keras.utils.set_random_seed) takes seeds below 2**32.
     "seed": Spec(int, _between(0, 2**32 - 1), "an integer from 0 to 4,294,967,295 (2**32 - 1)"),
-    "validation_size": _count(MAX_EXAMPLES),
+    "validation_size": Spec(
+        (int, float),
+        _size_or_fraction,
+        f"a count up to {MAX_EXAMPLES:,}, a fraction or null",
+        True,
+    ),
     "max_train_examples": Spec(
         int, _between(1, MAX_EXAMPLES), f"an integer from 1 to {MAX_EXAMPLES:,}, or null", True
     ),
@@ -112,16 +136,17 @@ def _coerce(key: str, value: Any, spec: Spec) -> Any:
     """Return `value` as `spec.kind`, or raise ValueError naming the key."""
     if value is None and spec.optional:
         return None
-    if spec.kind is float and isinstance(value, str):
+    kinds = spec.kind if isinstance(spec.kind, tuple) else (spec.kind,)
+    if float in kinds and isinstance(value, str):
         # `dvc exp run -S learning_rate=1e-5` writes 1e-05, which YAML 1.1 reads as a string.
         with contextlib.suppress(ValueError):
             value = float(value)
-    if spec.kind is float and isinstance(value, int) and not isinstance(value, bool):
+    if kinds == (float,) and isinstance(value, int) and not isinstance(value, bool):
         # An integer too large for a float (10**400) is refused as out of range, below.
         with contextlib.suppress(OverflowError):
             value = float(value)
     # bool is a subclass of int: `epochs: true` must not pass as 1.
-    if not isinstance(value, spec.kind) or (spec.kind is not bool and isinstance(value, bool)):
+    if not isinstance(value, kinds) or (bool not in kinds and isinstance(value, bool)):
         raise ValueError(f"{key}: got {_shown(value)}, expected {spec.expected}")
     if not spec.check(value):
         raise ValueError(f"{key}: got {_shown(value)}, expected {spec.expected}")
@@ -148,11 +173,11 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
-def read_document(path: str | Path = "params.yaml") -> dict[str, Any]:
-    """The mapping in `path`, with no unknown or duplicate key; values not yet checked."""
-    path = Path(path)
+def load_mapping(path: Path, fix: str) -> dict[Any, Any]:
+    """The YAML mapping in `path`, with no key given twice; `fix` ends the message when the
+    file is missing. Values are not checked."""
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file; copy params.yaml from the repository")
+        raise FileNotFoundError(f"{path}: no such file; {fix}")
     try:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as error:
@@ -171,6 +196,13 @@ def read_document(path: str | Path = "params.yaml") -> dict[str, Any]:
         raise ValueError(f"{path}: malformed YAML{where}: {' '.join(problem.split())}") from None
     if not isinstance(document, dict):
         raise ValueError(f"{path}: expected a mapping of key: value, got {type(document).__name__}")
+    return document
+
+
+def read_document(path: str | Path = "params.yaml") -> dict[str, Any]:
+    """The mapping in `path`, with no unknown or duplicate key; values not yet checked."""
+    path = Path(path)
+    document = load_mapping(path, "copy params.yaml from the repository")
     unknown = sorted((key for key in document if key not in SPECS), key=str)
     if unknown:
         raise ValueError(

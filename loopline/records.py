@@ -1,8 +1,10 @@
 """The prepared data's TFRecord format: the writer and the parser side by side.
 
-One `tf.train.Example` per image: `image` holds the 784 raw uint8 pixels (row-major) and
-`label` the digit. Shards are GZIP-compressed (175 bytes an image instead of 838) and named
-`{split}-{index:05d}-of-{count:05d}.tfrecord.gz`.
+One `tf.train.Example` per image: `image` holds its raw uint8 pixels (row-major; for colour
+images, R, G, B per pixel) and `label` its class index. Shards are GZIP-compressed (an MNIST
+digit: 175 bytes instead of 838) and named `{split}-{index:05d}-of-{count:05d}.tfrecord.gz`.
+meta.json beside them says what the pixels are (the image shape, the class names) and
+lists each split's shards with their SHA-256.
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-IMAGE_SIZE = 28
-NUM_CLASSES = 10
+from loopline.dataset import FRAMINGS
+
 SPLITS = ("train", "validation", "test")
 COMPRESSION = "GZIP"
 FEATURES = {
@@ -52,7 +54,8 @@ def write_shards(
     examples_per_shard: int,
     indices: np.ndarray | None = None,
 ) -> list[str]:
-    """Write `images` [n, 28, 28] uint8 and `labels` [n] as shards; return their names.
+    """Write `images` [n, height, width(, 3)] uint8 and `labels` [n] as shards; return their
+    names.
 
     `indices` picks the examples and their order (default: all, as they are). Shards are
     written one per core at a time, each reading only its own images, so `images` may be
@@ -76,31 +79,33 @@ def write_shards(
         return list(pool.map(write_shard, range(count)))
 
 
-def parse_batch(serialized: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """Serialized examples [n] -> (uint8 images [n, 28, 28], int32 labels [n])."""
+def parse_batch(serialized: tf.Tensor, shape: tuple[int, ...]) -> tuple[tf.Tensor, tf.Tensor]:
+    """Serialized examples [n] -> (uint8 images [n, *shape], int32 labels [n])."""
     example = tf.io.parse_example(serialized, FEATURES)
     images = tf.io.decode_raw(example["image"], tf.uint8)
-    images = tf.reshape(images, [-1, IMAGE_SIZE, IMAGE_SIZE])
+    images = tf.reshape(images, [-1, *shape])
     return images, tf.cast(example["label"], tf.int32)
 
 
-def read_arrays(paths: list[Path]) -> tuple[np.ndarray, np.ndarray]:
-    """Read whole shards into NumPy arrays; a damaged file becomes a ValueError naming it."""
+def read_arrays(paths: list[Path], shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Read whole shards of images of `shape` into NumPy arrays; a damaged file becomes a
+    ValueError naming it."""
     images, labels = [], []
     for path in paths:
         dataset = tf.data.TFRecordDataset(str(path), compression_type=COMPRESSION)
         try:
-            for batch_images, batch_labels in dataset.batch(PARSE_BATCH).map(parse_batch):
+            batches = dataset.batch(PARSE_BATCH).map(lambda batch: parse_batch(batch, shape))
+            for batch_images, batch_labels in batches:
                 images.append(batch_images.numpy())
                 labels.append(batch_labels.numpy())
         except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as error:
             reason = error.message.splitlines()[0][:200]
             raise ValueError(
-                f"{path}: not a readable shard of MNIST examples ({reason}); "
+                f"{path}: not a readable shard of {shape} images ({reason}); "
                 "re-create it with `dvc repro -f prepare`"
             ) from None
     if not images:
-        return np.zeros((0, IMAGE_SIZE, IMAGE_SIZE), np.uint8), np.zeros((0,), np.int32)
+        return np.zeros((0, *shape), np.uint8), np.zeros((0,), np.int32)
     return np.concatenate(images), np.concatenate(labels)
 
 
@@ -122,6 +127,49 @@ def read_meta(directory: str | Path) -> dict:
 # The fix for prepared data that is not what prepare wrote.
 _REMAKE = "re-create it with `dvc repro -f prepare`"
 _HEX = frozenset("0123456789abcdef")
+
+
+@dataclass(frozen=True)
+class DataMeta:
+    """What meta.json says of the whole data set: its name, class names and image shape."""
+
+    dataset: str
+    classes: tuple[str, ...]
+    shape: tuple[int, ...]  # (height, width) for grey images, (height, width, 3) for colour
+    framing: str
+
+    @property
+    def channels(self) -> int:
+        return 3 if len(self.shape) == 3 else 1
+
+
+def data_meta(directory: str | Path) -> DataMeta:
+    """meta.json's description of the data set, checked."""
+    meta = read_meta(directory)
+    path = Path(directory) / "meta.json"
+    classes, shape, framing = meta.get("classes"), meta.get("shape"), meta.get("framing")
+    if not (
+        isinstance(classes, list)
+        and len(classes) >= 2
+        and all(isinstance(name, str) and name for name in classes)
+        and len(set(classes)) == len(classes)
+    ):
+        raise ValueError(f"{path}: classes is {classes!r:.60}, expected 2 or more names; {_REMAKE}")
+    if not (
+        isinstance(shape, list)
+        and len(shape) in (2, 3)
+        and all(_is_count(side) and side > 0 for side in shape)
+        and shape[2:] in ([], [3])
+    ):
+        raise ValueError(
+            f"{path}: shape is {shape!r:.40}, expected [height, width] or [height, width, 3]; "
+            f"{_REMAKE}"
+        )
+    if framing not in FRAMINGS:
+        raise ValueError(
+            f"{path}: framing is {framing!r:.40}, expected one of {FRAMINGS}; {_REMAKE}"
+        )
+    return DataMeta(str(meta.get("dataset", "")), tuple(classes), tuple(shape), framing)
 
 
 @dataclass(frozen=True)
@@ -149,6 +197,7 @@ def split_meta(directory: str | Path, split: str) -> SplitMeta:
     def refuse(what: str) -> ValueError:
         return ValueError(f"{meta_path}: {what}; {_REMAKE}")
 
+    classes = len(data_meta(directory).classes)
     splits = read_meta(directory).get("splits")
     if not isinstance(splits, dict) or not isinstance(splits.get(split), dict):
         raise refuse(f"no {split} split")
@@ -158,12 +207,12 @@ def split_meta(directory: str | Path, split: str) -> SplitMeta:
         raise refuse(f"{split}.examples is {examples!r:.40}, expected an integer >= 0")
     if not (
         isinstance(class_counts, list)
-        and len(class_counts) == NUM_CLASSES
+        and len(class_counts) == classes
         and all(map(_is_count, class_counts))
         and sum(class_counts) == examples
     ):
         raise refuse(
-            f"{split}.class_counts is {class_counts!r:.60}, expected {NUM_CLASSES} "
+            f"{split}.class_counts is {class_counts!r:.60}, expected {classes} "
             f"integers >= 0 that add up to {split}.examples ({examples})"
         )
     if not isinstance(shards, dict) or not shards:
@@ -242,13 +291,14 @@ def split_shards(directory: str | Path, split: str) -> tuple[int, list[Path]]:
 def load_split(
     directory: str | Path, split: str, part: int = 0, parts: int = 1
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Read a split, checked against meta.json: uint8 images [n, 28, 28], labels [n].
+    """Read a split, checked against meta.json: uint8 images [n, *shape], labels [n].
 
     Every shard read is first hashed against meta.json, so data changed after prepare (even
     valid records with wrong labels) is refused before anything uses it. With `parts` > 1,
     only the shard files part::parts (one worker's share) are read and checked.
     """
     directory = Path(directory)
+    data = data_meta(directory)
     meta = split_meta(directory, split)
     paths = list(meta.shards)
     if parts > len(paths):
@@ -257,11 +307,12 @@ def load_split(
             "one each; lower examples_per_shard in params.yaml and re-run `dvc repro prepare`"
         )
     verify_shards({path: meta.shards[path] for path in paths[part::parts]})
-    images, labels = read_arrays(paths[part::parts])
-    if len(labels) and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
+    images, labels = read_arrays(paths[part::parts], data.shape)
+    classes = len(data.classes)
+    if len(labels) and (labels.min() < 0 or labels.max() >= classes):
         raise ValueError(
             f"{directory}: {split} labels range from {labels.min()} to {labels.max()}, "
-            f"expected 0..{NUM_CLASSES - 1}; {_REMAKE}"
+            f"expected 0..{classes - 1}; {_REMAKE}"
         )
     # A share's size is not in meta.json: only a whole split can be counted against it (a
     # share's shards are covered by their hashes).
@@ -270,7 +321,7 @@ def load_split(
             f"{directory}: {len(images)} {split} examples, but meta.json says {meta.examples}; "
             f"{_REMAKE}"
         )
-    if parts == 1 and np.bincount(labels, minlength=NUM_CLASSES).tolist() != meta.class_counts:
+    if parts == 1 and np.bincount(labels, minlength=classes).tolist() != meta.class_counts:
         raise ValueError(
             f"{directory}: the {split} labels' class counts differ from meta.json's; {_REMAKE}"
         )

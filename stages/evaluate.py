@@ -1,12 +1,14 @@
 """evaluate: the SavedModel alone + the test TFRecords -> test metrics.
 
-Reads  models/mnist (through its serving_default signature only: none of the training
-       code), data/prepared (test shards and meta.json), the params in PARAMS.
+Reads  models/<dataset> (through its serving_default signature and its model card only:
+       none of the training code), data/prepared (test shards and meta.json), the params
+       in PARAMS.
 Writes metrics/eval.json: accuracy and loss over every test image (two columns of the
        metrics tables, which must fit a terminal: nothing else goes there);
-       metrics/per_class.json: accuracy, error rate and test images of each digit (a chart);
-       metrics/confusion.csv: one (actual, predicted) row per test image, for the
-       confusion matrix of `dvc plots show`;
+       metrics/per_class.json: accuracy, error rate and test images of each class, by
+       name (a chart);
+       metrics/confusion.csv: one (actual, predicted) row of class names per test image,
+       for the confusion matrix of `dvc plots show`;
        metrics/mistakes.png: the most confident wrong predictions, shown by `dvc plots show`.
 Run    dvc repro evaluate
 """
@@ -19,6 +21,8 @@ if __name__ == "__main__":  # the command line: before TensorFlow is imported be
     loopline.import_tensorflow_quietly()
 
 import argparse
+import csv
+import io
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +32,7 @@ from PIL import Image, ImageDraw, ImageFont
 from loopline import records
 from loopline.files import atomic_output, run_stage, write_json
 from loopline.params import load_params
-from loopline.savedmodel import load_classifier, predict
+from loopline.savedmodel import load_card, load_classifier, predict
 
 PARAMS = ("eval_batch_size",)
 
@@ -36,8 +40,11 @@ PARAMS = ("eval_batch_size",)
 # must not invalidate an experiment.
 MISTAKES_SHOWN = 24
 GRID_COLUMNS = 6
-DIGIT_SCALE = 4  # each MNIST pixel becomes a crisp 4x4 block: 28 -> 112 pixels
+# Each image is shown in a square of this many pixels: an MNIST pixel becomes a crisp 4x4
+# block (28 -> 112); a smaller image is enlarged by a whole factor, a larger one shrunk.
+IMAGE_BOX = 112
 TILE_WIDTH, TILE_HEIGHT = 160, 140  # wide enough for "true 7 / predicted 2 (0.99)"
+NAME_CHARACTERS = 12  # longer class names are cut short in the captions
 HEADER_HEIGHT = 28
 FONT_SIZE = 12
 
@@ -52,21 +59,23 @@ def compute_metrics(labels: np.ndarray, logits: np.ndarray) -> dict:
     }
 
 
-def per_class_accuracy(labels: np.ndarray, predictions: np.ndarray) -> list[dict]:
-    """One {"digit", "accuracy", "error_rate", "examples"} row per digit in `labels`.
+def per_class_accuracy(
+    labels: np.ndarray, predictions: np.ndarray, classes: list[str]
+) -> list[dict]:
+    """One {"class", "accuracy", "error_rate", "examples"} row per class in `labels`.
 
-    A list of rows, as DVC's plots read it, in a file that is not a metrics file: ten
-    per-digit columns would make `dvc exp show` and `dvc metrics show` too wide to read.
-    The chart draws the error rate: accuracies of 0.96 to 0.996 look alike as bars.
+    A list of rows, as DVC's plots read it, in a file that is not a metrics file: a column
+    per class would make `dvc exp show` and `dvc metrics show` too wide to read. The chart
+    draws the error rate: accuracies of 0.96 to 0.996 look alike as bars.
     """
     rows = []
-    for digit in range(records.NUM_CLASSES):
-        chosen = labels == digit
+    for index, name in enumerate(classes):
+        chosen = labels == index
         if np.any(chosen):
-            accuracy = float(np.mean(predictions[chosen] == digit))
+            accuracy = float(np.mean(predictions[chosen] == index))
             rows.append(
                 {
-                    "digit": str(digit),
+                    "class": name,
                     "accuracy": accuracy,
                     "error_rate": 1.0 - accuracy,
                     "examples": int(np.sum(chosen)),
@@ -75,10 +84,19 @@ def per_class_accuracy(labels: np.ndarray, predictions: np.ndarray) -> list[dict
     return rows
 
 
-def write_confusion(path: Path, labels: np.ndarray, predictions: np.ndarray) -> None:
+def write_confusion(
+    path: Path, labels: np.ndarray, predictions: np.ndarray, classes: list[str]
+) -> None:
+    """One `actual,predicted` row of class names per image (quoted where CSV needs it)."""
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["actual", "predicted"])
+    writer.writerows(
+        (classes[actual], classes[predicted])
+        for actual, predicted in zip(labels, predictions, strict=True)
+    )
     with atomic_output(path) as temporary:
-        pairs = zip(labels, predictions, strict=True)
-        temporary.write_text("actual,predicted\n" + "".join(f"{a},{p}\n" for a, p in pairs))
+        temporary.write_text(text.getvalue())
 
 
 def most_confident_mistakes(
@@ -91,14 +109,38 @@ def most_confident_mistakes(
     return wrong[np.argsort(-confidence, kind="stable")[:count]]
 
 
+def shown_image(image: np.ndarray, digits: bool) -> Image.Image:
+    """`image` as the grid shows it, IMAGE_BOX pixels on its longer side: enlarged by a whole
+    factor without smoothing (NEAREST keeps the pixels visible), or shrunk smoothly. Digits
+    are drawn dark on white paper, as people write them; other images as they are."""
+    shown = Image.fromarray(255 - image if digits else image)
+    longer = max(image.shape[:2])
+    scale = IMAGE_BOX // longer if longer <= IMAGE_BOX else IMAGE_BOX / longer
+    size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
+    resampling = Image.Resampling.NEAREST if scale >= 1 else Image.Resampling.LANCZOS
+    return shown.resize(size, resampling)
+
+
+def _name(classes: list[str], index: int) -> str:
+    name = classes[index]
+    return name if len(name) <= NAME_CHARACTERS else name[: NAME_CHARACTERS - 3] + "..."
+
+
 def draw_mistakes(
-    images: np.ndarray, labels: np.ndarray, probabilities: np.ndarray, count: int = MISTAKES_SHOWN
+    images: np.ndarray,
+    labels: np.ndarray,
+    probabilities: np.ndarray,
+    classes: list[str],
+    digits: bool = True,
+    count: int = MISTAKES_SHOWN,
 ) -> Image.Image:
-    """A grid of the `count` most confident mistakes: each digit, its true and predicted label."""
+    """A grid of the `count` most confident mistakes: each image, its true and predicted
+    class. Colour images make a colour grid."""
     chosen = most_confident_mistakes(labels, probabilities, count)
     wrong = int(np.sum(probabilities.argmax(axis=1) != labels))
     rows = -(-len(chosen) // GRID_COLUMNS)
-    grid = Image.new("L", (GRID_COLUMNS * TILE_WIDTH, HEADER_HEIGHT + rows * TILE_HEIGHT), 255)
+    mode, white, black = ("RGB", (255,) * 3, (0,) * 3) if images.ndim == 4 else ("L", 255, 0)
+    grid = Image.new(mode, (GRID_COLUMNS * TILE_WIDTH, HEADER_HEIGHT + rows * TILE_HEIGHT), white)
     draw = ImageDraw.Draw(grid)
     # Pillow's built-in font (in its wheel): no font file to ship or to find.
     font = ImageFont.load_default(size=FONT_SIZE)
@@ -107,27 +149,38 @@ def draw_mistakes(
         if wrong
         else f"No mistakes on {len(labels):,} test images"
     )
-    draw.text((8, 8), title, fill=0, font=font)
-    size = records.IMAGE_SIZE * DIGIT_SCALE
+    draw.text((8, 8), title, fill=black, font=font)
     for position, index in enumerate(chosen):
-        left = (position % GRID_COLUMNS) * TILE_WIDTH + (TILE_WIDTH - size) // 2
-        top = HEADER_HEIGHT + (position // GRID_COLUMNS) * TILE_HEIGHT
-        # Dark ink on white paper, as people write digits; NEAREST keeps the pixels visible.
-        digit = Image.fromarray(255 - images[index]).resize((size, size), Image.Resampling.NEAREST)
-        grid.paste(digit, (left, top))
-        draw.rectangle((left - 1, top - 1, left + size, top + size), outline=200)
+        shown = shown_image(images[index], digits)
+        width, height = shown.size
+        left = (position % GRID_COLUMNS) * TILE_WIDTH + (TILE_WIDTH - width) // 2
+        top = HEADER_HEIGHT + (position // GRID_COLUMNS) * TILE_HEIGHT + (IMAGE_BOX - height) // 2
+        grid.paste(shown, (left, top))
+        frame = 200 if mode == "L" else (200,) * 3
+        draw.rectangle((left - 1, top - 1, left + width, top + height), outline=frame)
         predicted = int(probabilities[index].argmax())
-        caption = f"true {labels[index]} / predicted {predicted} ({probabilities[index].max():.2f})"
-        draw.text((left + size // 2, top + size + 6), caption, fill=0, font=font, anchor="ma")
+        caption = (
+            f"true {_name(classes, labels[index])} / predicted {_name(classes, predicted)} "
+            f"({probabilities[index].max():.2f})"
+        )
+        centre = (position % GRID_COLUMNS) * TILE_WIDTH + TILE_WIDTH // 2
+        bottom = HEADER_HEIGHT + (position // GRID_COLUMNS) * TILE_HEIGHT + IMAGE_BOX + 6
+        draw.text((centre, bottom), caption, fill=black, font=font, anchor="ma")
     return grid
 
 
 def write_mistakes(
-    path: Path, images: np.ndarray, labels: np.ndarray, probabilities: np.ndarray
+    path: Path,
+    images: np.ndarray,
+    labels: np.ndarray,
+    probabilities: np.ndarray,
+    classes: list[str],
+    digits: bool = True,
 ) -> None:
+    grid = draw_mistakes(images, labels, probabilities, classes, digits)
     with atomic_output(path) as temporary:
         # No metadata (time, software): the same predictions give the same PNG bytes.
-        draw_mistakes(images, labels, probabilities).save(temporary, format="PNG", optimize=True)
+        grid.save(temporary, format="PNG", optimize=True)
 
 
 def main() -> None:
@@ -135,25 +188,35 @@ def main() -> None:
     parser.add_argument("model", type=Path, help="the SavedModel directory")
     parser.add_argument("data", type=Path, help="directory of the prepared TFRecords")
     parser.add_argument("metrics", type=Path, help="where to write the test metrics JSON")
-    parser.add_argument("per_class", type=Path, help="where to write per-digit accuracy JSON")
+    parser.add_argument("per_class", type=Path, help="where to write per-class accuracy JSON")
     parser.add_argument("confusion", type=Path, help="where to write (actual, predicted) CSV")
     parser.add_argument("mistakes", type=Path, help="where to write the mistakes grid PNG")
     parser.add_argument("--params", default="params.yaml", help="(default: %(default)s)")
     arguments = parser.parse_args()
     params = load_params(PARAMS, arguments.params)
     classifier = load_classifier(arguments.model)
+    card = load_card(arguments.model, classifier)
+    data = records.data_meta(arguments.data)
+    if card.classes != data.classes or card.shape != data.shape:
+        raise ValueError(
+            f"{arguments.model}: a model of {len(card.classes)} classes for images of "
+            f"{list(card.shape)}, but {arguments.data} holds {len(data.classes)} classes of "
+            f"{list(data.shape)} (another data set); run `dvc repro` to train on this one"
+        )
+    classes = list(data.classes)
     images, labels = records.load_split(arguments.data, "test")
     outputs = predict(classifier, images, params["eval_batch_size"])
-    logits, classes = outputs["logits"], outputs["classes"]
+    logits, predicted = outputs["logits"], outputs["classes"]
     metrics = compute_metrics(labels, logits)
     print(
         f"evaluate: test accuracy {metrics['accuracy']:.4f} loss {metrics['loss']:.4f} "
         f"on {len(labels)} images"
     )
     write_json(arguments.metrics, metrics)
-    write_json(arguments.per_class, per_class_accuracy(labels, classes))
-    write_confusion(arguments.confusion, labels, classes)
-    write_mistakes(arguments.mistakes, images, labels, outputs["probabilities"])
+    write_json(arguments.per_class, per_class_accuracy(labels, predicted, classes))
+    write_confusion(arguments.confusion, labels, predicted, classes)
+    digits = data.framing == "digit"
+    write_mistakes(arguments.mistakes, images, labels, outputs["probabilities"], classes, digits)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,12 @@
 """export: the SavedModel -> a TFLite model for phones and microcontrollers, tested.
 
-Reads  models/mnist (the SavedModel, through TFLiteConverter.from_saved_model: the loader
-       that needs its variables in the graph, see loopline/model.py Serving), data/prepared
-       (the test shards; for int8, the first training images to calibrate on), the params
-       in PARAMS.
-Writes models/mnist.tflite: serving_default as a TFLite signature (uint8 images [batch, 28,
-       28] -> logits, probabilities, classes), quantized as the `quantization` param says;
+Reads  models/<dataset> (the SavedModel, through TFLiteConverter.from_saved_model: the
+       loader that needs its variables in the graph, see loopline/model.py Serving),
+       data/prepared (the test shards; for int8, the first training images to calibrate
+       on), the params in PARAMS.
+Writes models/<dataset>.tflite: serving_default as a TFLite signature (uint8 images [batch,
+       height, width(, 3)] -> logits, probabilities, classes), quantized as the
+       `quantization` param says;
        metrics/export.json: its accuracy on every test image beside the SavedModel's, and
        its size. The latency per image is printed, not written: a wall-clock number in a
        tracked file would change on every run and leave git dirty after `dvc repro`.

@@ -1,12 +1,16 @@
-"""predict: the SavedModel alone + image files of handwritten digits -> one digit per file.
+"""predict: the SavedModel alone + image files -> one class per file.
 
-Reads  models/mnist (through its serving_default signature only: none of the training
-       code), and PNG, JPEG or any other image Pillow reads, of any size and colour, dark
-       ink on light paper or light on dark.
-Writes to stdout one line per image: `<file>\t<digit>\t<probability>`; an unreadable file
+Reads  models/<dataset> (through its serving_default signature and its model card only:
+       none of the training code), and PNG, JPEG or any other image Pillow reads.
+       A model of a data set of handwritten digits framed as MNIST's (framing: digit)
+       takes photos or drawings of one digit of any size and colour, dark ink on light
+       paper or light on dark: each is cropped to its ink and centred by mass, as MNIST's
+       digits are. Any other model's images are prepared exactly as prepare prepared its
+       training images, by the same function (loopline/images.py load_image).
+Writes to stdout one line per image: `<file>\t<class>\t<probability>`; an unreadable file
        gets one `error:` line on stderr, the others are still classified, and the exit
        code is 1.
-Run    python -m stages.predict [--model models/mnist] IMAGE...
+Run    python -m stages.predict [--model models/<dataset>] IMAGE...
 """
 
 from __future__ import annotations
@@ -21,16 +25,17 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from loopline.files import run_stage
-from loopline.records import IMAGE_SIZE
-from loopline.savedmodel import load_classifier, predict
+from loopline.images import load_image
+from loopline.params import load_params
+from loopline.savedmodel import Card, load_card, load_classifier, predict
 
-# MNIST's framing: the digit's longer side is 20 pixels, its centre of mass at pixel
-# (14, 14) (measured on the test set: 13.99, 14.00).
+# MNIST's framing: in 28x28 pixels, the digit's longer side is 20 pixels, its centre of
+# mass at pixel (14, 14) (measured on the test set: 13.99, 14.00). Other sizes scale them.
+MNIST_SIZE = 28
 DIGIT_SIZE = 20
-CENTRE = 14
 # A pixel is ink, for cropping, from a quarter of the full stroke brightness up: low
 # enough to keep thin strokes, high enough to leave out paper texture and shadows.
 INK_THRESHOLD = 64
@@ -42,29 +47,11 @@ MIN_CONTRAST = 32
 BATCH_SIZE = 256
 
 
-def _grayscale(image: Image.Image) -> np.ndarray:
-    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
-        # Transparent pixels usually hold black: show the drawing on white paper, as an
-        # image viewer does, not on black.
-        paper = Image.new("RGBA", image.size, "white")
-        image = Image.alpha_composite(paper, image.convert("RGBA"))
-    if image.mode.startswith("I") or image.mode == "F":
-        # 16- and 32-bit grey: convert("L") would clip everything above 255 to white.
-        pixels = np.clip(np.asarray(image, np.float64), 0, None)
-        return np.round(pixels * (255 / max(pixels.max(), 1))).astype(np.uint8)
-    return np.asarray(image.convert("L"))
-
-
 def read_image(path: Path) -> np.ndarray:
-    """The image at `path` as grayscale uint8 [height, width]."""
+    """The image at `path` as grayscale uint8 [height, width], as it is (no resizing)."""
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file")
-    try:
-        with Image.open(path) as image:
-            # exif_transpose: phone photos are often stored rotated, with an EXIF note.
-            return _grayscale(ImageOps.exif_transpose(image))
-    except (OSError, ValueError, Image.DecompressionBombError) as error:
-        raise ValueError(f"{path}: not a readable image ({error})") from None
+    return load_image(path, None, 1)
 
 
 class NoDigitError(ValueError):
@@ -93,16 +80,18 @@ def normalize_ink(gray: np.ndarray) -> np.ndarray:
     return pixels * (255 / peak)
 
 
-def frame_digit(ink: np.ndarray) -> np.ndarray:
-    """Crop to the ink, scale the longer side to 20 pixels, centre by mass in 28x28."""
+def frame_digit(ink: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Crop to the ink, scale the longer side to 20/28 of `size` (height, width), centre by
+    mass."""
     rows = np.flatnonzero((ink > INK_THRESHOLD).any(axis=1))
     columns = np.flatnonzero((ink > INK_THRESHOLD).any(axis=0))
-    canvas = np.zeros((IMAGE_SIZE, IMAGE_SIZE), np.float32)
+    canvas = np.zeros(size, np.float32)
     if rows.size == 0:
         return canvas  # a blank page: nothing to frame
     crop = ink[rows[0] : rows[-1] + 1, columns[0] : columns[-1] + 1]
-    scale = DIGIT_SIZE / max(crop.shape)
-    height, width = (max(1, round(side * scale)) for side in crop.shape)
+    scale = max(1, round(min(size) * DIGIT_SIZE / MNIST_SIZE)) / max(crop.shape)
+    pairs = zip(crop.shape, size, strict=True)
+    height, width = (max(1, min(round(side * scale), limit)) for side, limit in pairs)
     digit = Image.fromarray(crop)  # mode F: float32
     digit = np.clip(np.asarray(digit.resize((width, height), Image.Resampling.LANCZOS)), 0, 255)
     # Scaling down a large photo thins the strokes into grey: bring the brightest back to 255.
@@ -110,45 +99,63 @@ def frame_digit(ink: np.ndarray) -> np.ndarray:
     mass = digit.sum()
     centre_row = (digit.sum(axis=1) @ np.arange(height)) / mass
     centre_column = (digit.sum(axis=0) @ np.arange(width)) / mass
-    top = int(np.clip(round(CENTRE - centre_row), 0, IMAGE_SIZE - height))
-    left = int(np.clip(round(CENTRE - centre_column), 0, IMAGE_SIZE - width))
+    top = int(np.clip(round(size[0] / 2 - centre_row), 0, size[0] - height))
+    left = int(np.clip(round(size[1] / 2 - centre_column), 0, size[1] - width))
     canvas[top : top + height, left : left + width] = digit
     return canvas
 
 
-def to_mnist(gray: np.ndarray) -> np.ndarray:
-    """A grayscale image of one digit as an MNIST image: uint8 [28, 28], light on dark."""
+def to_mnist(gray: np.ndarray, size: tuple[int, int] = (MNIST_SIZE, MNIST_SIZE)) -> np.ndarray:
+    """A grayscale image of one digit as MNIST frames it: uint8 `size`, light on dark."""
     ink = normalize_ink(gray)
-    # MNIST-sized images are taken as already framed: re-framing MNIST's own digits would
-    # only resample them (their ink box is 20 pixels and centred by mass already).
-    if ink.shape != (IMAGE_SIZE, IMAGE_SIZE):
-        ink = frame_digit(ink)
+    # Images of the model's size are taken as already framed: re-framing MNIST's own
+    # digits would only resample them (their ink box is 20 pixels and centred by mass).
+    if ink.shape != size:
+        ink = frame_digit(ink, size)
     return np.round(ink).astype(np.uint8)
 
 
+def prepare_image(path: Path, card: Card) -> np.ndarray:
+    """The image at `path` as the model takes it (see the module's docstring)."""
+    if card.framing == "digit":
+        return to_mnist(read_image(path), card.shape[:2])
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    return load_image(path, card.shape[:2], 3 if len(card.shape) == 3 else 1)
+
+
 def classify(classifier, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The predicted digit and its probability for each of the uint8 images [n, 28, 28]."""
+    """The predicted class index and its probability for each of the uint8 `images`."""
     outputs = predict(classifier, images, BATCH_SIZE)
-    digits = outputs["classes"]
-    return digits, outputs["probabilities"][np.arange(len(digits)), digits]
+    indices = outputs["classes"]
+    return indices, outputs["probabilities"][np.arange(len(indices)), indices]
+
+
+def default_model() -> Path:
+    """models/<dataset of params.yaml>, or models/mnist without a readable params.yaml."""
+    try:
+        return Path("models") / load_params(("dataset",))["dataset"]
+    except (ValueError, FileNotFoundError):
+        return Path("models/mnist")
 
 
 def main(argv: list[str] | None = None) -> int:
     """Classify every image named in `argv`; the exit code: 0, or 1 if any file failed."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("images", nargs="+", type=Path, help="image files of one digit each")
+    parser.add_argument("images", nargs="+", type=Path, help="image files to classify")
     parser.add_argument(
         "--model",
         type=Path,
-        default=Path("models/mnist"),
-        help="the SavedModel directory (default: %(default)s)",
+        help="the SavedModel directory (default: models/<dataset> of params.yaml)",
     )
     arguments = parser.parse_args(argv)
-    classifier = load_classifier(arguments.model)
+    model = arguments.model or default_model()
+    classifier = load_classifier(model)
+    card = load_card(model, classifier)
     paths, images = [], []
     for path in arguments.images:
         try:
-            images.append(to_mnist(read_image(path)))
+            images.append(prepare_image(path, card))
         except NoDigitError as error:
             print(f"error: {path}: {error}", file=sys.stderr)
             continue
@@ -157,9 +164,9 @@ def main(argv: list[str] | None = None) -> int:
             continue
         paths.append(path)
     if images:
-        digits, probabilities = classify(classifier, np.stack(images))
-        for path, digit, probability in zip(paths, digits, probabilities, strict=True):
-            print(f"{path}\t{digit}\t{probability:.4f}")
+        indices, probabilities = classify(classifier, np.stack(images))
+        for path, index, probability in zip(paths, indices, probabilities, strict=True):
+            print(f"{path}\t{card.classes[index]}\t{probability:.4f}")
     return 0 if len(paths) == len(arguments.images) else 1
 
 

@@ -1,8 +1,10 @@
 """train: prepared TFRecords -> a SavedModel, with a hand-written training loop.
 
-Reads  data/prepared (train and validation shards, meta.json); the params in PARAMS.
-Writes models/mnist: a SavedModel whose serving_default takes uint8 images [batch, 28, 28]
-       and returns logits, probabilities and classes;
+Reads  data/prepared (train and validation shards, meta.json: the image shape and the
+       class names); the params in PARAMS.
+Writes models/<dataset>: a SavedModel whose serving_default takes uint8 images [batch,
+       height, width] (grey) or [batch, height, width, 3] (colour) and returns logits,
+       probabilities and classes; its assets.extra/loopline.json names the classes;
        metrics/train: DVCLive's files, rewritten after every epoch (so `dvc exp show` and
        `dvc metrics show` follow a running experiment): metrics.json holds the last epoch's
        train and validation loss and accuracy, plots/metrics/ one TSV per metric.
@@ -37,7 +39,7 @@ from loopline.data import distribute_train_dataset, make_eval_dataset
 from loopline.distribute import lost_peer, make_strategy, supports_xla
 from loopline.files import StageError, atomic_output, run_stage
 from loopline.loop import SCHEDULES, RunawayTrainingError, Trainer, run_epoch, steps_per_epoch
-from loopline.model import build_model, export_saved_model
+from loopline.model import build_model, export_saved_model, model_card
 from loopline.params import load_params
 from loopline.progress import Progress, log_epoch, open_live
 
@@ -100,8 +102,11 @@ def train_epoch(
     return row
 
 
-def build_trainer(params: dict, strategy: tf.distribute.Strategy, steps: int) -> Trainer:
-    """The model, optimizer and metrics, created in the strategy's scope."""
+def build_trainer(
+    params: dict, strategy: tf.distribute.Strategy, steps: int, data: records.DataMeta
+) -> Trainer:
+    """The model for `data`'s images and classes, its optimizer and metrics, created in the
+    strategy's scope."""
     jit_compile = params["jit_compile"] and supports_xla(strategy)
     if jit_compile != params["jit_compile"]:
         replicas = strategy.num_replicas_in_sync
@@ -111,7 +116,7 @@ def build_trainer(params: dict, strategy: tf.distribute.Strategy, steps: int) ->
     schedule = SCHEDULES[params["learning_rate_schedule"]]
     with strategy.scope():
         return Trainer(
-            build_model(params["model"]),
+            build_model(params["model"], data.shape, len(data.classes)),
             keras.optimizers.Adam(schedule(params["learning_rate"], params["epochs"] * steps)),
             strategy,
             params["batch_size"],
@@ -147,7 +152,7 @@ def train(
     validation = make_eval_dataset(
         *records.load_split(data_dir, "validation"), params["eval_batch_size"]
     )
-    trainer = build_trainer(params, strategy, steps)
+    trainer = build_trainer(params, strategy, steps, records.data_meta(data_dir))
     checkpoints = open_checkpoints(checkpoint_root, params, data_dir, trainer)
     history = checkpoints.restore()
     if history:
@@ -188,15 +193,17 @@ def main() -> None:
     parser.add_argument("--params", default="params.yaml", help="(default: %(default)s)")
     arguments = parser.parse_args()
     params = load_params(PARAMS, arguments.params)
+    data = records.data_meta(arguments.data)
+    card = model_card(list(data.classes), data.framing, data.dataset, data.shape)
     try:
         run = train(arguments.data, params, arguments.checkpoints, arguments.metrics)
         if run.trainer.is_chief:
             with atomic_output(arguments.model) as temporary:
-                export_saved_model(run.trainer.model, temporary)
+                export_saved_model(run.trainer.model, temporary, card)
         else:
             # Every worker takes part in the (collective) export; only the chief's is kept.
             with tempfile.TemporaryDirectory() as scratch:
-                export_saved_model(run.trainer.model, Path(scratch) / "model")
+                export_saved_model(run.trainer.model, Path(scratch) / "model", card)
     except tf.errors.UnavailableError as error:  # `multi_worker`: a collective lost a peer
         raise StageError(lost_peer(error)) from None
     run.checkpoints.remove()

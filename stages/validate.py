@@ -1,11 +1,12 @@
 """validate: every value in params.yaml checked before any stage's outputs are deleted.
 
-Reads  params.yaml (every key), the header of data/raw/mnist.npz (the number of training
-       images, for limits that depend on it) and the PARAMS tuple of each stage module
-       named on the command line (parsed, not imported).
+Reads  params.yaml (every key), data/dataset.json (check_data's summary of the data set:
+       its training images, classes and image shape, for limits that depend on them) and
+       the PARAMS tuple of each stage module named on the command line (parsed, not
+       imported).
 Writes data/params/<stage>.json for each of those stages: that stage's values, checked.
 Run    dvc repro validate
-       (python -m stages.validate params.yaml data/raw/mnist.npz data/params stages/*.py)
+       (python -m stages.validate params.yaml data/dataset.json data/params stages/*.py)
 
 Why a stage: DVC deletes a stage's outputs before it runs the stage's command, so a stage
 that refuses its params has already lost its model or metrics. Every other stage depends
@@ -23,13 +24,12 @@ from __future__ import annotations
 import argparse
 import ast
 import json
-import zipfile
 from pathlib import Path
 
-import numpy as np
-
+from loopline.dataset import validation_count
 from loopline.files import atomic_output, run_stage
 from loopline.params import SPECS, check_params, check_train_params, read_document
+from loopline.sizes import check_model_size
 
 
 def stage_keys(module_path: Path) -> tuple[str, ...]:
@@ -47,45 +47,46 @@ def stage_keys(module_path: Path) -> tuple[str, ...]:
     raise ValueError(f"{module_path}: no PARAMS = (...) tuple of the params it reads")
 
 
-def training_images(raw_path: Path) -> int | None:
-    """The number of training images in the .npz, read from x_train's header alone.
-
-    None if the file cannot be read that way: prepare reports what is wrong with it.
-    """
+def read_summary(path: Path) -> dict:
+    """check_data's summary of the data set (written by this project: checked lightly)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file; run `dvc repro check_data`")
     try:
-        with zipfile.ZipFile(raw_path) as archive, archive.open("x_train.npy") as file:
-            version = np.lib.format.read_magic(file)
-            read_header = (
-                np.lib.format.read_array_header_1_0
-                if version == (1, 0)
-                else np.lib.format.read_array_header_2_0
-            )
-            shape = read_header(file)[0]
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
-        return None
-    return int(shape[0]) if shape else None
-
-
-def check_together(params: dict, images: int | None, path: str) -> None:
-    """Limits that involve two values, or the data: refused here, not after deleting."""
-    if images is None:
-        return
-    if params["validation_size"] >= images:
+        summary = json.loads(path.read_bytes())
+        summary["splits"]["train"]["examples"], summary["classes"], summary["shape"]
+    except (ValueError, TypeError, KeyError):
         raise ValueError(
-            f"{path}: validation_size: got {params['validation_size']}, expected fewer than "
-            f"the {images} training images"
+            f"{path}: not check_data's summary; run `dvc repro -f check_data`"
+        ) from None
+    return summary
+
+
+def check_together(params: dict, summary: dict, path: str) -> None:
+    """Limits that involve two values, or the data: refused here, not after deleting."""
+    if summary.get("dataset") != params["dataset"]:
+        raise ValueError(
+            f"{path}: dataset: {params['dataset']!r}, but data/dataset.json describes "
+            f"{summary.get('dataset')!r}; run `dvc repro` (not a single stage)"
         )
-    train_examples = images - params["validation_size"]
+    images = summary["splits"]["train"]["examples"]
+    validation = validation_count(params["validation_size"], summary["validation_size"], images)
+    if validation >= images:
+        raise ValueError(
+            f"{path}: validation_size: got {params['validation_size']} ({validation:,} "
+            f"images), expected fewer than the {images:,} training images of {params['dataset']}"
+        )
+    train_examples = images - validation
     if params["max_train_examples"] is not None:
         train_examples = min(train_examples, params["max_train_examples"])
+    check_model_size(params["model"], tuple(summary["shape"]), len(summary["classes"]), path)
     # The number of replicas is known only once train has its devices: it checks that.
     check_train_params(params, train_examples, replicas=1)
 
 
-def validate(params_path: Path, raw_path: Path, out_dir: Path, modules: list[Path]) -> None:
+def validate(params_path: Path, summary_path: Path, out_dir: Path, modules: list[Path]) -> None:
     """Check every key of `params_path`; write each stage's checked values to `out_dir`."""
     params = check_params(read_document(params_path), tuple(SPECS), params_path)
-    check_together(params, training_images(raw_path), str(params_path))
+    check_together(params, read_summary(summary_path), str(params_path))
     with atomic_output(out_dir) as temporary:
         temporary.mkdir()
         for module in modules:
@@ -97,11 +98,11 @@ def validate(params_path: Path, raw_path: Path, out_dir: Path, modules: list[Pat
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("params", type=Path, help="the params file (params.yaml)")
-    parser.add_argument("raw", type=Path, help="the raw MNIST .npz (its header is read)")
+    parser.add_argument("summary", type=Path, help="check_data's summary of the data set")
     parser.add_argument("out", type=Path, help="directory for one checked file per stage")
     parser.add_argument("modules", type=Path, nargs="+", help="the stage modules (.py)")
     arguments = parser.parse_args()
-    validate(arguments.params, arguments.raw, arguments.out, arguments.modules)
+    validate(arguments.params, arguments.summary, arguments.out, arguments.modules)
 
 
 if __name__ == "__main__":

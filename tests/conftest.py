@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny synthetic MNIST-format data and params files in tmp_path; and how
+"""Shared fixtures: tiny synthetic MNIST-format data sets and params files in tmp_path; and how
 `make test` shares the tests between its two pytest-xdist workers.
 
 Nothing here imports TensorFlow at module level: under `pytest -n 2` this file is also
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 import re
 from pathlib import Path
 
@@ -76,42 +75,94 @@ def synthetic_arrays(train: int = 240, test: int = 60, seed: int = 0) -> dict[st
     return arrays
 
 
-def write_raw(directory: Path, arrays: dict[str, np.ndarray]) -> tuple[Path, Path]:
-    """An .npz of `arrays` and its checksums file, as prepare expects them."""
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def write_raw(directory: Path, arrays: dict[str, np.ndarray], **description) -> Path:
+    """A data set folder as prepare expects it: an .npz of `arrays` and its dataset.yaml
+    (digit classes, the file's SHA-256, and `description`'s keys); returns the folder."""
     directory.mkdir(parents=True, exist_ok=True)
-    raw, checksums = directory / "mnist.npz", directory / "checksums.json"
+    raw = directory / "mnist.npz"
     np.savez_compressed(raw, **arrays)
-    sums = {name: hashlib.sha256(array.tobytes()).hexdigest() for name, array in arrays.items()}
-    checksums.write_text(json.dumps(sums))
-    return raw, checksums
+    document = {
+        "classes": [str(digit) for digit in range(10)],
+        "framing": "digit",
+        "checksums": {raw.name: sha256(raw)},
+        **description,
+    }
+    (directory / "dataset.yaml").write_text(yaml.safe_dump(document, sort_keys=False))
+    return directory
 
 
 @pytest.fixture
-def raw_data(tmp_path: Path) -> tuple[Path, Path, dict[str, np.ndarray]]:
+def raw_data(tmp_path: Path) -> tuple[Path, dict[str, np.ndarray]]:
     arrays = synthetic_arrays()
-    raw, checksums = write_raw(tmp_path / "raw", arrays)
-    return raw, checksums, arrays
+    return write_raw(tmp_path / "raw", arrays), arrays
 
 
-def prepare_synthetic(raw: Path, checksums: Path, out: Path) -> Path:
-    """`raw` (of synthetic_arrays()) prepared at `out`: 200 training examples, 64 to a file
-    (four files), 40 validation and 60 test ones."""
+# prepare's params for the synthetic data sets: 200 training examples, 64 to a file (four
+# files), 40 validation and 60 test ones.
+PREPARE_PARAMS = {
+    "seed": 0,
+    "validation_size": 40,
+    "max_train_examples": None,
+    "examples_per_shard": 64,
+}
+
+
+def prepare_synthetic(raw: Path, out: Path) -> Path:
+    """The data set folder `raw` (of synthetic_arrays()) prepared at `out`."""
     from stages.prepare import prepare  # TensorFlow: in a worker only (see the top)
 
-    params = {
-        "seed": 0,
-        "validation_size": 40,
-        "max_train_examples": None,
-        "examples_per_shard": 64,
-    }
-    prepare(raw, checksums, out, params)
+    prepare(raw, out, PREPARE_PARAMS)
     return out
 
 
 @pytest.fixture
 def prepared(tmp_path: Path, raw_data) -> Path:
-    raw, checksums, _ = raw_data
-    return prepare_synthetic(raw, checksums, tmp_path / "prepared")
+    raw, _ = raw_data
+    return prepare_synthetic(raw, tmp_path / "prepared")
+
+
+def write_images(
+    root: Path, images: dict[str, np.ndarray | tuple], extension: str = ".png"
+) -> list[Path]:
+    """Image files at root/<relative path>: each value is the pixels (uint8 [h, w] or
+    [h, w, 3]) or (pixels, Pillow save options). Returns the paths."""
+    from PIL import Image
+
+    paths = []
+    for relative, value in images.items():
+        pixels, options = value if isinstance(value, tuple) else (value, {})
+        path = root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels).save(path, **options)
+        paths.append(path)
+    return paths
+
+
+def image_folder(
+    root: Path,
+    classes: int = 3,
+    per_class: int = 8,
+    shape: tuple[int, ...] = (12, 10),
+    test: int = 0,
+    seed: int = 0,
+) -> Path:
+    """A folder of learnable PNG images in the images layout: class k has a bright bar at
+    row 2k (grey or colour by `shape`); `per_class` training images per class and, if
+    `test`, a test/ folder with that many per class."""
+    rng = np.random.default_rng(seed)
+    images = {}
+    for split, count in (("train", per_class), ("test", test)):
+        for label in range(classes):
+            for index in range(count):
+                pixels = rng.integers(0, 40, shape, dtype=np.uint8)
+                pixels[2 * label : 2 * label + 2] = 255
+                images[f"{split}/class {label}/{index:03d}.png"] = pixels
+    write_images(root, images)
+    return root
 
 
 # -- Two workers (`make test`: pytest -n 2) ------------------------------------------------

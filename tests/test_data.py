@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from loopline import records
-from stages.prepare import load_raw, prepare
+from loopline.survey import load
+from stages.prepare import prepare
+from tests.conftest import PREPARE_PARAMS as PARAMS
 from tests.conftest import REPO, synthetic_arrays, write_raw
-
-PARAMS = {"seed": 0, "validation_size": 40, "max_train_examples": None, "examples_per_shard": 64}
 
 
 def test_round_trip_gives_back_the_same_pixels_and_labels(tmp_path):
@@ -18,29 +18,31 @@ def test_round_trip_gives_back_the_same_pixels_and_labels(tmp_path):
     images, labels = arrays["x_train"], arrays["y_train"]
     names = records.write_shards(images, labels, tmp_path, "train", examples_per_shard=64)
     assert names == [records.shard_name("train", index, 3) for index in range(3)]
-    read_images, read_labels = records.read_arrays([tmp_path / name for name in names])
+    read_images, read_labels = records.read_arrays([tmp_path / name for name in names], (28, 28))
     np.testing.assert_array_equal(read_images, images)
     np.testing.assert_array_equal(read_labels, labels)
     assert read_images.dtype == np.uint8 and read_labels.dtype == np.int32
 
 
 def test_the_shipped_data_is_mnist_and_matches_its_checksums(tmp_path):
-    # prepare's own check of data/raw (shapes, label range, each array's SHA-256), then what
-    # the file's provenance says of MNIST: its first labels and its class counts.
-    raw = REPO / "data/raw"
-    arrays = load_raw(raw / "mnist.npz", raw / "checksums.json", tmp_path / "arrays")
-    assert arrays["x_train"].shape == (60_000, 28, 28)
-    assert arrays["x_test"].shape == (10_000, 28, 28)
-    assert arrays["y_train"][:10].tolist() == [5, 0, 4, 1, 9, 2, 1, 3, 1, 4]
-    assert arrays["y_test"][:10].tolist() == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]
+    # prepare's own check of data/raw/mnist (shapes, label range, the file's SHA-256 in
+    # dataset.yaml), then what the file's provenance says of MNIST: its first labels and
+    # its class counts.
+    data = load(REPO / "data/raw/mnist", tmp_path / "arrays")
+    assert data.images["train"].shape == (60_000, 28, 28)
+    assert data.images["test"].shape == (10_000, 28, 28)
+    assert data.labels["train"][:10].tolist() == [5, 0, 4, 1, 9, 2, 1, 3, 1, 4]
+    assert data.labels["test"][:10].tolist() == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]
     train_counts = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
-    assert np.bincount(arrays["y_train"]).tolist() == train_counts
+    assert data.survey.splits["train"]["class_counts"] == train_counts
     test_counts = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
-    assert np.bincount(arrays["y_test"]).tolist() == test_counts
+    assert data.survey.splits["test"]["class_counts"] == test_counts
+    assert data.survey.classes == [str(digit) for digit in range(10)]
+    assert (data.survey.framing, data.survey.validation_size) == ("digit", 5000)
 
 
 def test_prepare_splits_the_training_set_and_keeps_the_test_set(prepared, raw_data):
-    _, _, arrays = raw_data
+    _, arrays = raw_data
     meta = records.read_meta(prepared)
     train_images, train_labels = records.load_split(prepared, "train")
     validation_images, _ = records.load_split(prepared, "validation")
@@ -54,20 +56,21 @@ def test_prepare_splits_the_training_set_and_keeps_the_test_set(prepared, raw_da
     np.testing.assert_array_equal(test_labels, arrays["y_test"])
     assert meta["splits"]["train"]["class_counts"] == np.bincount(train_labels).tolist()
     assert len(meta["splits"]["train"]["shards"]) == 4  # 200 examples, 64 per shard
+    assert meta["classes"] == [str(digit) for digit in range(10)] and meta["shape"] == [28, 28]
 
 
 def test_prepare_is_byte_identical_and_seeded(tmp_path, raw_data, prepared):
-    raw, checksums, _ = raw_data
-    prepare(raw, checksums, tmp_path / "again", PARAMS)
+    raw, _ = raw_data
+    prepare(raw, tmp_path / "again", PARAMS)
     for path in prepared.iterdir():
         assert (tmp_path / "again" / path.name).read_bytes() == path.read_bytes(), path.name
-    prepare(raw, checksums, tmp_path / "other", {**PARAMS, "seed": 1})
+    prepare(raw, tmp_path / "other", {**PARAMS, "seed": 1})
     assert records.read_meta(tmp_path / "other") != records.read_meta(prepared)
 
 
 def test_max_train_examples_caps_the_training_split(tmp_path, raw_data):
-    raw, checksums, _ = raw_data
-    meta = prepare(raw, checksums, tmp_path / "out", {**PARAMS, "max_train_examples": 30})
+    raw, _ = raw_data
+    meta = prepare(raw, tmp_path / "out", {**PARAMS, "max_train_examples": 30})
     assert meta["splits"]["train"]["examples"] == 30
     assert meta["splits"]["validation"]["examples"] == 40
 
@@ -92,63 +95,80 @@ def bad_arrays(kind):
 @pytest.mark.parametrize(
     ("kind", "message"),
     [
-        ("missing array", "missing array 'y_test'"),
-        ("wrong shape", r"x_train has shape \(30, 784\)"),
-        ("wrong dtype", "x_test has shape .* and dtype float32"),
-        ("label out of range", "y_train has labels from 0 to 10"),
-        ("count mismatch", "x_train has 30 images but y_train 29 labels"),
-        ("empty split", "x_test is empty"),
+        ("missing array", "mnist.npz: missing array 'y_test'"),
+        ("wrong shape", r": x_train has shape \(30, 784\)"),
+        ("wrong dtype", ": x_test has shape .* and dtype float32"),
+        ("label out of range", ": y_train holds label 10, which classes in .*dataset.yaml"),
+        ("count mismatch", ": x_train has 30 images but y_train 29 labels"),
+        ("empty split", ": x_test is empty"),
     ],
 )
 def test_bad_raw_arrays_are_refused_and_nothing_is_written(tmp_path, kind, message):
-    raw, checksums = write_raw(tmp_path / "raw", bad_arrays(kind))
-    with pytest.raises(ValueError, match=f"{raw}: {message}"):
-        prepare(raw, checksums, tmp_path / "out", PARAMS)
+    raw = write_raw(tmp_path / "raw", bad_arrays(kind))
+    with pytest.raises(ValueError, match=f"{raw}.*{message}"):
+        prepare(raw, tmp_path / "out", PARAMS)
     assert list(tmp_path.iterdir()) == [tmp_path / "raw"]
 
 
 def test_raw_file_that_is_not_an_npz(tmp_path):
-    raw, checksums = write_raw(tmp_path / "raw", synthetic_arrays())
-    raw.write_text("this is not a zip archive")
-    with pytest.raises(ValueError, match=f"{raw}: not a readable .npz archive"):
-        prepare(raw, checksums, tmp_path / "out", PARAMS)
+    raw = write_raw(tmp_path / "raw", synthetic_arrays(), checksums={})
+    (raw / "mnist.npz").write_text("this is not a zip archive")
+    with pytest.raises(ValueError, match=f"{raw / 'mnist.npz'}: not a readable .npz archive"):
+        prepare(raw, tmp_path / "out", PARAMS)
 
 
 def test_truncated_npz(tmp_path):
-    raw, checksums = write_raw(tmp_path / "raw", synthetic_arrays())
-    raw.write_bytes(raw.read_bytes()[:500])
-    with pytest.raises(ValueError, match=f"{raw}: not a readable .npz archive"):
-        prepare(raw, checksums, tmp_path / "out", PARAMS)
+    raw = write_raw(tmp_path / "raw", synthetic_arrays(), checksums={})
+    npz = raw / "mnist.npz"
+    npz.write_bytes(npz.read_bytes()[:500])
+    with pytest.raises(ValueError, match=f"{npz}: not a readable .npz archive"):
+        prepare(raw, tmp_path / "out", PARAMS)
 
 
-def test_missing_raw_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match="mnist.npz: no such file"):
-        prepare(tmp_path / "mnist.npz", tmp_path / "c.json", tmp_path / "out", PARAMS)
+def test_missing_raw_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere: no such folder"):
+        prepare(tmp_path / "nowhere", tmp_path / "out", PARAMS)
 
 
 def test_checksum_mismatch(tmp_path):
     arrays = synthetic_arrays()
-    raw, checksums = write_raw(tmp_path / "raw", arrays)
+    raw = write_raw(tmp_path / "raw", arrays)
     arrays["x_train"][0, 0, 0] ^= 1
-    with zipfile.ZipFile(raw, "w") as archive:  # same names, one pixel different
+    with zipfile.ZipFile(raw / "mnist.npz", "w") as archive:  # same names, one pixel different
         for name, array in arrays.items():
             with archive.open(f"{name}.npy", "w") as file:
                 np.lib.format.write_array(file, array)
-    with pytest.raises(ValueError, match=f"x_train does not match its SHA-256 in {checksums}"):
-        prepare(raw, checksums, tmp_path / "out", PARAMS)
+    expected = f"{raw / 'mnist.npz'}: its SHA-256 is not the one in dataset.yaml"
+    with pytest.raises(ValueError, match=expected):
+        prepare(raw, tmp_path / "out", PARAMS)
 
 
 def test_validation_size_larger_than_the_training_set(tmp_path, raw_data):
-    raw, checksums, _ = raw_data
+    raw, _ = raw_data
     with pytest.raises(ValueError, match="validation_size: got 240, expected fewer than"):
-        prepare(raw, checksums, tmp_path / "out", {**PARAMS, "validation_size": 240})
+        prepare(raw, tmp_path / "out", {**PARAMS, "validation_size": 240})
+
+
+@pytest.mark.parametrize(
+    ("param", "described", "expected"),
+    [(None, None, 24), (None, 30, 30), (0.25, 30, 60), (12, 0.5, 12), (None, 0.05, 12)],
+)
+def test_validation_size_is_a_count_a_fraction_or_the_data_sets_own(
+    tmp_path, param, described, expected
+):
+    # 240 training images: a tenth by default, dataset.yaml's size, or params.yaml's.
+    extra = {} if described is None else {"validation_size": described}
+    raw = write_raw(tmp_path / "raw", synthetic_arrays(), **extra)
+    meta = prepare(raw, tmp_path / "out", {**PARAMS, "validation_size": param})
+    assert meta["splits"]["validation"]["examples"] == expected
+    assert meta["splits"]["train"]["examples"] == 240 - expected
 
 
 def test_failed_prepare_keeps_the_previous_output(prepared, raw_data):
-    raw, checksums, _ = raw_data
+    raw, _ = raw_data
     before = {path.name: path.read_bytes() for path in prepared.iterdir()}
     with pytest.raises(ValueError):
-        prepare(raw, checksums, prepared, {**PARAMS, "validation_size": 10_000})
+        prepare(raw, prepared, {**PARAMS, "validation_size": 10_000})
     assert {path.name: path.read_bytes() for path in prepared.iterdir()} == before
     assert [path.name for path in prepared.parent.iterdir() if ".tmp-" in path.name] == []
 
@@ -167,7 +187,7 @@ def test_truncated_shard(prepared):
     # Past the hash check (as for a shard whose meta.json was rewritten to match), the
     # reader still refuses it.
     with pytest.raises(ValueError, match=f"{shard}: not a readable shard"):
-        records.read_arrays([shard])
+        records.read_arrays([shard], (28, 28))
 
 
 def test_corrupted_shard(prepared):
@@ -178,7 +198,7 @@ def test_corrupted_shard(prepared):
     with pytest.raises(ValueError, match=f"{shard}: its SHA-256 is not the one in meta.json"):
         records.load_split(prepared, "validation")
     with pytest.raises(ValueError, match=f"{shard}: not a readable shard"):
-        records.read_arrays([shard])
+        records.read_arrays([shard], (28, 28))
 
 
 def test_records_with_the_wrong_features(prepared):
@@ -191,7 +211,7 @@ def test_records_with_the_wrong_features(prepared):
         example = tf.train.Example(features=tf.train.Features(feature=feature))
         writer.write(example.SerializeToString())
     with pytest.raises(ValueError, match=f"{shard}: not a readable shard"):
-        records.read_arrays([shard])
+        records.read_arrays([shard], (28, 28))
 
 
 def test_missing_meta(prepared):

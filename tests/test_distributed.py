@@ -226,8 +226,8 @@ def cluster(tmp_path_factory):
     3. Both start again, and must agree to resume after epoch 1 and finish the run.
     """
     root = tmp_path_factory.mktemp("cluster")
-    raw, checksums = write_raw(root / "raw", synthetic_arrays())
-    prepared = prepare_synthetic(raw, checksums, root / "prepared")
+    raw = write_raw(root / "raw", synthetic_arrays())
+    prepared = prepare_synthetic(raw, root / "prepared")
     params = write_params(root / "params.yaml", **SMALL, distribute="multi_worker")
     out = root / "run"
     logs = [root / f"first-{index}.log" for index in range(2)]

@@ -1,5 +1,7 @@
 """evaluate: metrics against Keras' own metrics, models it must refuse, the mistakes grid."""
 
+import csv
+
 import keras
 import numpy as np
 import pytest
@@ -9,9 +11,9 @@ from PIL import Image
 from loopline.model import build_model, export_saved_model
 from loopline.savedmodel import load_classifier, predict
 from stages.evaluate import (
-    DIGIT_SCALE,
     GRID_COLUMNS,
     HEADER_HEIGHT,
+    IMAGE_BOX,
     TILE_HEIGHT,
     TILE_WIDTH,
     compute_metrics,
@@ -37,14 +39,18 @@ def test_metrics_agree_with_keras_metrics():
     assert set(metrics) == {"accuracy", "loss"}
 
 
-def test_per_class_accuracy_agrees_with_keras_on_each_digit():
+DIGITS = [str(digit) for digit in range(10)]
+
+
+def test_per_class_accuracy_agrees_with_keras_on_each_class():
     rng = np.random.default_rng(0)
-    labels = rng.integers(0, 9, 300)  # no 9: a digit absent from the labels gets no row
+    labels = rng.integers(0, 9, 300)  # no 9: a class absent from the labels gets no row
     predictions = np.where(rng.random(300) < 0.7, labels, rng.integers(0, 10, 300))
-    rows = per_class_accuracy(labels, predictions)
-    assert [row["digit"] for row in rows] == [str(digit) for digit in range(9)]
-    for row in rows:
-        chosen = labels == int(row["digit"])
+    names = [f"class {index}" for index in range(10)]
+    rows = per_class_accuracy(labels, predictions, names)
+    assert [row["class"] for row in rows] == names[:9]
+    for index, row in enumerate(rows):
+        chosen = labels == index
         accuracy = keras.metrics.Accuracy()
         accuracy.update_state(labels[chosen], predictions[chosen])
         assert row["accuracy"] == pytest.approx(float(accuracy.result()))
@@ -61,8 +67,13 @@ def test_every_image_is_predicted_even_in_a_short_last_batch(tmp_path):
 
 
 def test_confusion_rows(tmp_path):
-    write_confusion(tmp_path / "confusion.csv", np.array([3, 1]), np.array([3, 7]))
+    write_confusion(tmp_path / "confusion.csv", np.array([3, 1]), np.array([3, 7]), DIGITS)
     assert (tmp_path / "confusion.csv").read_text() == "actual,predicted\n3,3\n1,7\n"
+    # Class names as they are, quoted where CSV needs it.
+    names = ["cat", "hot, dog", 'say "cheese"']
+    write_confusion(tmp_path / "named.csv", np.array([0, 1]), np.array([2, 1]), names)
+    rows = list(csv.reader((tmp_path / "named.csv").read_text().splitlines()))
+    assert rows == [["actual", "predicted"], ["cat", 'say "cheese"'], ["hot, dog", "hot, dog"]]
 
 
 def test_missing_model(tmp_path):
@@ -107,16 +118,18 @@ def predictions_with_mistakes(wrong: int, right: int = 10, seed: int = 3):
     return images, labels, tf.nn.softmax(logits).numpy(), np.argsort(-margins)
 
 
-def enlarged(image: np.ndarray) -> np.ndarray:
-    """How the grid shows a digit: dark ink on white, each pixel a DIGIT_SCALE square."""
-    return np.kron(255 - image, np.ones((DIGIT_SCALE, DIGIT_SCALE), np.uint8))
+def enlarged(image: np.ndarray, digits: bool = True) -> np.ndarray:
+    """How the grid shows an image: each pixel a square (of IMAGE_BOX // its side), digits
+    as dark ink on white."""
+    scale = IMAGE_BOX // max(image.shape[:2])
+    block = np.ones((scale, scale, 1) if image.ndim == 3 else (scale, scale), np.uint8)
+    return np.kron(255 - image if digits else image, block)
 
 
-def tile(grid: Image.Image, position: int) -> np.ndarray:
-    """The enlarged digit in the grid's tile number `position` (row by row)."""
-    size = 28 * DIGIT_SCALE
+def tile(grid: Image.Image, position: int, size: int = IMAGE_BOX) -> np.ndarray:
+    """The enlarged image in the grid's tile number `position` (row by row)."""
     left = (position % GRID_COLUMNS) * TILE_WIDTH + (TILE_WIDTH - size) // 2
-    top = HEADER_HEIGHT + (position // GRID_COLUMNS) * TILE_HEIGHT
+    top = HEADER_HEIGHT + (position // GRID_COLUMNS) * TILE_HEIGHT + (IMAGE_BOX - size) // 2
     return np.asarray(grid)[top : top + size, left : left + size]
 
 
@@ -138,34 +151,45 @@ def test_equally_confident_mistakes_keep_test_set_order():
 
 def test_mistakes_grid_shows_each_digit_enlarged_in_confidence_order():
     images, labels, probabilities, expected = predictions_with_mistakes(wrong=30)
-    grid = draw_mistakes(images, labels, probabilities, count=24)
+    grid = draw_mistakes(images, labels, probabilities, DIGITS, count=24)
     assert grid.size == (GRID_COLUMNS * TILE_WIDTH, HEADER_HEIGHT + 4 * TILE_HEIGHT)
     for position, index in enumerate(expected[:24]):
         np.testing.assert_array_equal(tile(grid, position), enlarged(images[index]))
 
 
+def test_colour_mistakes_are_shown_in_colour_and_as_they_are():
+    images, labels, probabilities, expected = predictions_with_mistakes(wrong=5)
+    rng = np.random.default_rng(4)
+    colour = rng.integers(0, 256, (len(images), 16, 16, 3), dtype=np.uint8)
+    names = [f"name {index}" for index in range(10)]
+    grid = draw_mistakes(colour, labels, probabilities, names, digits=False)
+    assert grid.mode == "RGB"
+    for position, index in enumerate(expected):
+        np.testing.assert_array_equal(tile(grid, position), enlarged(colour[index], digits=False))
+
+
 def test_fewer_mistakes_than_tiles_make_fewer_rows():
     images, labels, probabilities, expected = predictions_with_mistakes(wrong=7)
-    grid = draw_mistakes(images, labels, probabilities, count=24)
+    grid = draw_mistakes(images, labels, probabilities, DIGITS, count=24)
     assert grid.size == (GRID_COLUMNS * TILE_WIDTH, HEADER_HEIGHT + 2 * TILE_HEIGHT)
     np.testing.assert_array_equal(tile(grid, 6), enlarged(images[expected[6]]))
 
 
 def test_mistakes_png_is_the_same_bytes_every_time(tmp_path):
     images, labels, probabilities, _ = predictions_with_mistakes(wrong=30)
-    write_mistakes(tmp_path / "first.png", images, labels, probabilities)
-    write_mistakes(tmp_path / "second.png", images, labels, probabilities.copy())
+    write_mistakes(tmp_path / "first.png", images, labels, probabilities, DIGITS)
+    write_mistakes(tmp_path / "second.png", images, labels, probabilities.copy(), DIGITS)
     assert (tmp_path / "first.png").read_bytes() == (tmp_path / "second.png").read_bytes()
     with Image.open(tmp_path / "first.png") as image:
         assert image.format == "PNG"
         np.testing.assert_array_equal(
-            np.asarray(image), np.asarray(draw_mistakes(images, labels, probabilities))
+            np.asarray(image), np.asarray(draw_mistakes(images, labels, probabilities, DIGITS))
         )
 
 
 def test_no_mistakes_gives_a_header_only_image(tmp_path):
     images, labels, probabilities, _ = predictions_with_mistakes(wrong=0)
-    write_mistakes(tmp_path / "mistakes.png", images, labels, probabilities)
+    write_mistakes(tmp_path / "mistakes.png", images, labels, probabilities, DIGITS)
     with Image.open(tmp_path / "mistakes.png") as image:
         assert image.size == (GRID_COLUMNS * TILE_WIDTH, HEADER_HEIGHT)
         assert np.asarray(image).min() < 128  # the "No mistakes" line is written on it

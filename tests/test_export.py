@@ -1,14 +1,18 @@
 """The SavedModel in the tools that deploy it, the export stage, and byte-identical saves.
 
-One tiny model trained on synthetic digits serves every test; each consumer's answers are
-compared with the model's own (a converted model without its weights answers NaN or zeros).
-`saved_model_cli run`, the graph loader of TensorFlow Serving, loads the real pipeline's
-model in tests/test_end_to_end.py.
+Two tiny models serve every test: one trained on synthetic grey digits (28x28, as
+MNIST's), one on a folder of colour images (12x10 RGB, three classes named by their
+folders). Each consumer's answers are compared with the model's own (a converted model
+without its weights answers NaN or zeros). `saved_model_cli run`, the graph loader of
+TensorFlow Serving, loads the colour model here and the real pipeline's in
+tests/test_end_to_end.py.
 """
 
 from __future__ import annotations
 
 import json
+import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -18,36 +22,44 @@ import pytest
 import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
 
-from loopline.model import build_model, export_saved_model
-from loopline.records import load_split
-from loopline.savedmodel import load_classifier, predict
+from loopline.model import build_model, export_saved_model, model_card
+from loopline.records import data_meta, load_split
+from loopline.savedmodel import load_card, load_classifier, predict
 from stages import export
-from stages.prepare import prepare
-from tests.conftest import files, synthetic_arrays, write_params, write_raw
+from tests.conftest import (
+    files,
+    image_folder,
+    prepare_synthetic,
+    synthetic_arrays,
+    write_params,
+    write_raw,
+)
+
+KINDS = ("grey digits", "colour")
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> tuple[keras.Model, Path, Path]:
-    """A tutorial model fitted on synthetic digits, its SavedModel and the prepared data."""
+@pytest.fixture(scope="module", params=KINDS)
+def trained(request, tmp_path_factory) -> tuple[keras.Model, Path, Path]:
+    """A tutorial model fitted on synthetic digits or on a colour image folder, its
+    SavedModel (with its model card) and the prepared data."""
     directory = tmp_path_factory.mktemp("export")
-    raw, checksums = write_raw(directory / "raw", synthetic_arrays())
-    data = directory / "prepared"
-    prepare(
-        raw,
-        checksums,
-        data,
-        {"seed": 0, "validation_size": 40, "max_train_examples": None, "examples_per_shard": 64},
-    )
+    if request.param == "colour":
+        raw = image_folder(directory / "raw", classes=3, per_class=80, shape=(12, 10, 3), test=20)
+    else:
+        raw = write_raw(directory / "raw", synthetic_arrays())
+    data = prepare_synthetic(raw, directory / "prepared")
+    meta = data_meta(data)
     images, labels = load_split(data, "train")
     keras.utils.set_random_seed(0)
-    model = build_model("tutorial")
+    model = build_model("tutorial", meta.shape, len(meta.classes))
     model.compile(
         optimizer=keras.optimizers.Adam(1e-3),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         jit_compile=False,
     )
     model.fit(images, labels, batch_size=50, epochs=3, verbose=0)
-    export_saved_model(model, directory / "model")
+    card = model_card(list(meta.classes), meta.framing, meta.dataset, meta.shape)
+    export_saved_model(model, directory / "model", card)
     return model, directory / "model", data
 
 
@@ -64,6 +76,39 @@ def test_split(trained) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def tflite_logits(content: bytes, images: np.ndarray) -> dict[str, np.ndarray]:
     runner = Interpreter(model_content=content).get_signature_runner("serving_default")
     return export.tflite_outputs(runner, images, batch_size=25)
+
+
+def test_the_model_directory_alone_says_its_classes_and_input(trained):
+    _, model_dir, data = trained
+    meta = data_meta(data)
+    card = json.loads((model_dir / "assets.extra/loopline.json").read_text())
+    assert card["classes"] == list(meta.classes)
+    assert card["input"]["shape"] == [None, *meta.shape] and card["input"]["dtype"] == "uint8"
+    signature = tf.saved_model.load(str(model_dir)).signatures["serving_default"]
+    spec = signature.structured_input_signature[1]["images"]
+    assert spec.shape.as_list() == card["input"]["shape"] and spec.dtype == tf.uint8
+    loaded = load_card(model_dir, load_classifier(model_dir))
+    assert loaded.classes == meta.classes and loaded.shape == meta.shape
+
+
+def test_tf_serving_loader_answers_as_the_model(trained, test_split, tmp_path):
+    """`saved_model_cli run`, TensorFlow's own CLI, loads the SavedModel through the graph
+    loader that TensorFlow Serving shares."""
+    model, model_dir, _ = trained
+    if len(model.input_shape) != 4:
+        pytest.skip("the grey digits' model: tests/test_end_to_end.py runs the real one")
+    images, _, logits = test_split
+    np.save(tmp_path / "images.npy", images[:20])
+    command = [
+        *(sys.executable, "-m", "tensorflow.python.tools.saved_model_cli", "run"),
+        *("--dir", str(model_dir), "--tag_set", "serve", "--signature_def", "serving_default"),
+        *("--inputs", f"images={tmp_path / 'images.npy'}"),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    printed = re.search(r"Result for output key classes:\s*\[([\d\s]+)\]", result.stdout)
+    assert printed, result.stdout[-2000:]
+    assert [int(index) for index in printed[1].split()] == logits[:20].argmax(axis=1).tolist()
 
 
 def test_tflite_float_model_holds_the_weights_and_answers_as_the_savedmodel(trained, test_split):
@@ -119,6 +164,7 @@ def test_tf2onnx_converts_it_and_onnxruntime_agrees(trained, test_split):
     session = onnxruntime.InferenceSession(
         proto.SerializeToString(), providers=["CPUExecutionProvider"]
     )
+    assert session.get_inputs()[0].shape[1:] == list(images.shape[1:])
     (logits_onnx,) = session.run(["logits"], {"images": images})
     np.testing.assert_allclose(logits_onnx, logits, rtol=1e-4, atol=1e-4)
 

@@ -25,16 +25,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from loopline import files, records
+from loopline.dataset import read_description
 from loopline.params import SPECS, load_params
-from stages.prepare import prepare, read_checksums
-from tests.conftest import DEFAULT_PARAMS, REPO, synthetic_arrays, write_raw
+from stages.prepare import prepare
+from tests.conftest import DEFAULT_PARAMS, PREPARE_PARAMS, REPO, synthetic_arrays, write_raw
 
-PREPARE_PARAMS = {
-    "seed": 0,
-    "validation_size": 40,
-    "max_train_examples": None,
-    "examples_per_shard": 64,
-}
 FEW = settings(
     max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
@@ -158,8 +153,8 @@ def test_largest_allowed_values_pass(tmp_path):
 @pytest.fixture(scope="module")
 def clean_prepared(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("faults")
-    raw, checksums = write_raw(root / "raw", synthetic_arrays())
-    prepare(raw, checksums, root / "prepared", PREPARE_PARAMS)
+    raw = write_raw(root / "raw", synthetic_arrays())
+    prepare(raw, root / "prepared", PREPARE_PARAMS)
     return root / "prepared"
 
 
@@ -241,7 +236,7 @@ def test_meta_with_wrong_types_or_names_is_one_line(prepared_copy, change, messa
 def _rewrite_with_shifted_labels(shard: Path, count: int | None = None) -> None:
     """The shard rewritten with valid records and CRCs, the first `count` labels (default:
     all) moved to the next digit."""
-    images, labels = records.read_arrays([shard])
+    images, labels = records.read_arrays([shard], (28, 28))
     labels[:count] = (labels[:count] + 1) % 10
     records.write_shards(images, labels, shard.parent, "scratch", len(labels))
     shard.parent.joinpath(records.shard_name("scratch", 0, 1)).replace(shard)
@@ -250,7 +245,7 @@ def _rewrite_with_shifted_labels(shard: Path, count: int | None = None) -> None:
 def test_a_shard_with_shifted_labels_is_refused_before_any_metric(prepared_copy):
     shard = prepared_copy / "test-00000-of-00001.tfrecord.gz"
     _rewrite_with_shifted_labels(shard)
-    records.read_arrays([shard])  # a perfectly readable shard...
+    records.read_arrays([shard], (28, 28))  # a perfectly readable shard...
     with pytest.raises(ValueError, match=f"{shard}: its SHA-256 is not the one in meta.json"):
         records.load_split(prepared_copy, "test")  # ...that evaluate and train never use
 
@@ -310,17 +305,18 @@ def test_a_symlink_into_a_dvc_cache_is_followed(prepared_copy, tmp_path):
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        (b'["x_train", "y_train"]', "expected a JSON object with a SHA-256 string"),
-        (b'{"x_train": ', "not valid JSON"),
-        (b'{"x_train": "\xff"}', "not valid JSON"),
-        (b'{"x_train": 5, "y_train": "a", "x_test": "b", "y_test": "c"}', "expected a JSON"),
+        (b"- mnist.npz\n", "expected a mapping of key: value"),
+        (b"checksums: {mnist.npz: ", "malformed YAML"),
+        (b"checksums: {mnist.npz: \xff}", "not UTF-8 text"),
+        (b"checksums: {mnist.npz: 5}", "checksums: got .*, expected a mapping of file name"),
+        (b"checksums: [mnist.npz]", "checksums: got .*, expected a mapping of file name"),
     ],
 )
-def test_bad_checksums_file_is_one_line_naming_it(tmp_path, content, message):
-    path = tmp_path / "checksums.json"
+def test_bad_checksums_in_the_description_are_one_line_naming_it(tmp_path, content, message):
+    path = tmp_path / "dataset.yaml"
     path.write_bytes(content)
     with pytest.raises(ValueError, match=f"{path}: {message}"):
-        read_checksums(path)
+        read_description(tmp_path)
 
 
 def test_a_failed_write_names_the_output_and_leaves_nothing(tmp_path, monkeypatch):
@@ -364,9 +360,9 @@ def tiny_disk(tmp_path):
 
 def test_prepare_on_a_full_disk_names_the_output_not_the_input(tiny_disk, tmp_path):
     # ~3 MB of uncompressed arrays on a 2 MB disk: refused before copying anything.
-    raw, checksums = write_raw(tmp_path / "raw", synthetic_arrays(train=3000, test=600))
+    raw = write_raw(tmp_path / "raw", synthetic_arrays(train=3000, test=600))
     with pytest.raises(files.WriteError) as caught:
-        prepare(raw, checksums, tiny_disk / "p", PREPARE_PARAMS)
+        prepare(raw, tiny_disk / "p", PREPARE_PARAMS)
     assert caught.value.errno == errno.ENOSPC
     assert caught.value.filename.startswith(str(tiny_disk / "p"))
     assert str(raw) in caught.value.strerror  # whose arrays would not fit
@@ -487,9 +483,9 @@ def test_a_killed_stages_leftovers_are_ignored_by_git_and_dvc():
 
 
 def test_ctrl_c_during_a_real_prepare_is_one_line_and_leaves_nothing(tmp_path):
-    raw, checksums = write_raw(tmp_path / "raw", synthetic_arrays(train=3000, test=600))
+    raw = write_raw(tmp_path / "raw", synthetic_arrays(train=3000, test=600))
     process = subprocess.Popen(
-        [sys.executable, "-m", "stages.prepare", str(raw), str(checksums), str(tmp_path / "p")],
+        [sys.executable, "-m", "stages.prepare", str(raw), str(tmp_path / "p")],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

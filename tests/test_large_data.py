@@ -13,10 +13,10 @@ PARAMS = {"seed": 7, "validation_size": 1000, "max_train_examples": None, "examp
 
 def test_prepare_holds_one_shard_not_the_data_set(tmp_path):
     arrays = synthetic_arrays(train=20_000, test=2_000)  # 17 MB of pixels
-    raw, checksums = write_raw(tmp_path / "raw", arrays)
+    raw = write_raw(tmp_path / "raw", arrays)
     tracemalloc.start()  # NumPy's allocations are traced; the memory maps are not memory
     try:
-        meta = prepare(raw, checksums, tmp_path / "out", PARAMS)
+        meta = prepare(raw, tmp_path / "out", PARAMS)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()

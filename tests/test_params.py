@@ -44,6 +44,12 @@ def test_integer_learning_rate_is_a_float(tmp_path):
         ("model", "resnet", "model: got 'resnet', expected one of tutorial, convnet"),
         ("max_train_examples", 0, "max_train_examples: got 0"),
         ("seed", -3, "seed: got -3"),
+        ("validation_size", 1.5, "validation_size: got 1.5, expected a count"),
+        ("validation_size", 0, "validation_size: got 0, expected a count"),
+        ("validation_size", "ten", "validation_size: got 'ten', expected a count"),
+        ("dataset", "../mnist", "dataset: got '../mnist', expected the name of a folder"),
+        ("dataset", ".hidden", "dataset: got '.hidden', expected the name of a folder"),
+        ("dataset", 7, "dataset: got 7, expected the name of a folder"),
     ],
 )
 def test_bad_values_name_the_key(tmp_path, key, value, message):
@@ -55,6 +61,9 @@ def test_bad_values_name_the_key(tmp_path, key, value, message):
 def test_null_is_allowed_only_where_documented(tmp_path):
     path = write_params(tmp_path / "params.yaml", max_train_examples=None)
     assert load_params(("max_train_examples",), path) == {"max_train_examples": None}
+    for value in (None, 0.1, 5000):
+        path = write_params(tmp_path / "params.yaml", validation_size=value)
+        assert load_params(("validation_size",), path) == {"validation_size": value}
     with pytest.raises(ValueError, match="epochs: got None"):
         load_params(("epochs",), write_params(tmp_path / "params.yaml", epochs=None))
 
@@ -89,9 +98,9 @@ def test_a_stage_refuses_a_bad_param_before_writing(tmp_path, monkeypatch):
     # (loopline.files.run_stage; tests/test_faults.py runs a real stage to see its stderr).
     params = write_params(tmp_path / "params.yaml", validation_size=-5)
     out = tmp_path / "prepared"
-    raw = [str(REPO / "data/raw/mnist.npz"), str(REPO / "data/raw/checksums.json")]
+    raw = [str(REPO / "data/raw/mnist")]
     monkeypatch.setattr(sys, "argv", ["prepare", *raw, str(out), "--params", str(params)])
-    expected = "validation_size: got -5, expected an integer from 1 to 1,000,000,000"
+    expected = "validation_size: got -5, expected a count up to 1,000,000,000, a fraction or null"
     with pytest.raises(ValueError, match=f"^{re.escape(f'{params}: {expected}')}$"):
         prepare_stage.main()
     assert not out.exists()

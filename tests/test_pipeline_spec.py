@@ -3,6 +3,7 @@
 import ast
 import importlib
 import json
+import re
 import subprocess
 import sys
 
@@ -12,7 +13,7 @@ import yaml
 from tests.conftest import DEFAULT_PARAMS, REPO
 
 PIPELINE = yaml.safe_load((REPO / "dvc.yaml").read_text())
-STAGES = ("prepare", "train", "evaluate", "export")
+STAGES = ("check_data", "prepare", "train", "evaluate", "export")
 # The two packages: the stages (entry points) and the library they share.
 OURS = ("stages", "loopline")
 
@@ -46,7 +47,7 @@ def stage_imports(module_name: str, seen: set[str] | None = None) -> set[str]:
 @pytest.mark.parametrize("stage", STAGES)
 def test_stage_params_match_what_the_code_reads(stage):
     module = importlib.import_module(f"stages.{stage}")
-    assert PIPELINE["stages"][stage]["params"] == list(module.PARAMS)
+    assert PIPELINE["stages"][stage].get("params", []) == list(module.PARAMS)
 
 
 @pytest.mark.parametrize("stage", STAGES)
@@ -57,9 +58,30 @@ def test_stage_depends_on_exactly_its_source_files(stage):
     assert deps == sources
 
 
+def templated(stage: str) -> set[str]:
+    """The params.yaml keys that `stage`'s command interpolates (DVC's `${key}`): a changed
+    value changes the command, which re-runs the stage."""
+    return set(re.findall(r"\$\{(\w+)\}", PIPELINE["stages"][stage]["cmd"]))
+
+
 def test_every_param_is_read_by_some_stage():
-    read = {key for stage in STAGES for key in PIPELINE["stages"][stage]["params"]}
+    read = {key for stage in STAGES for key in PIPELINE["stages"][stage].get("params", [])}
+    read |= {key for stage in STAGES for key in templated(stage)}
     assert read == set(DEFAULT_PARAMS)
+
+
+def test_the_data_set_picks_the_data_folder_and_names_the_model():
+    stages = PIPELINE["stages"]
+    for stage in ("check_data", "prepare"):
+        assert templated(stage) == {"dataset"}
+        assert "data/raw/${dataset}" in stages[stage]["deps"]
+    assert stages["train"]["outs"][0] == "models/${dataset}"
+    assert stages["export"]["outs"] == ["models/${dataset}.tflite"]
+    # validate reads check_data's summary, not the data: a changed param does not make it
+    # read every image again.
+    assert "data/dataset.json" in stages["validate"]["deps"]
+    assert stages["check_data"]["outs"] == ["data/dataset.json"]
+    assert not [dep for dep in stages["validate"]["deps"] if dep.startswith("data/raw")]
 
 
 def test_stage_commands_run_their_own_module():
@@ -72,6 +94,7 @@ def test_validate_runs_first_and_each_stage_depends_on_its_own_checked_params():
     # own file, so it re-runs only when its own values change.
     validate = PIPELINE["stages"]["validate"]
     with_params = [name for name in STAGES if PIPELINE["stages"][name].get("params")]
+    assert "check_data" not in with_params  # it reads the data alone
     modules = [f"stages/{name}.py" for name in with_params]
     assert validate["cmd"].startswith("python -m stages.validate ")
     assert validate["cmd"].split()[-len(modules) :] == modules
@@ -82,8 +105,12 @@ def test_validate_runs_first_and_each_stage_depends_on_its_own_checked_params():
 
 
 def test_validate_imports_no_tensorflow_and_writes_each_stages_values(tmp_path):
+    from stages.check_data import check_data
+
     command = PIPELINE["stages"]["validate"]["cmd"].split()
     command[command.index("data/params")] = str(tmp_path / "checked")
+    command[command.index("data/dataset.json")] = str(tmp_path / "dataset.json")
+    check_data(REPO / "data/raw/mnist", tmp_path / "dataset.json")
     result = subprocess.run(
         [sys.executable, "-X", "importtime", *command[1:]],
         cwd=REPO,
@@ -94,7 +121,7 @@ def test_validate_imports_no_tensorflow_and_writes_each_stages_values(tmp_path):
     assert result.returncode == 0, result.stderr
     imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines()}
     assert not {name for name in imported if name.startswith("tensorflow")}
-    for name in STAGES:
+    for name in [stage for stage in STAGES if PIPELINE["stages"][stage].get("params")]:
         checked = json.loads((tmp_path / "checked" / f"{name}.json").read_text())
         assert list(checked) == list(importlib.import_module(f"stages.{name}").PARAMS)
         assert checked == {key: DEFAULT_PARAMS[key] for key in checked}

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from loopline.model import export_saved_model, tutorial_model
+from loopline.model import export_saved_model, model_card, tutorial_model
 from loopline.savedmodel import load_classifier
 from stages import predict
 from tests.conftest import REPO
@@ -25,7 +25,7 @@ TRAIN_EXAMPLES = 3000
 def trained(tmp_path_factory) -> tuple[Path, np.ndarray, np.ndarray]:
     """A SavedModel of the tutorial model fitted on a few thousand digits (~95% accurate),
     and one test digit per class that it classifies right as is."""
-    with np.load(REPO / "data/raw/mnist.npz") as mnist:
+    with np.load(REPO / "data/raw/mnist/mnist.npz") as mnist:
         train_images = mnist["x_train"][:TRAIN_EXAMPLES]
         train_labels = mnist["y_train"][:TRAIN_EXAMPLES]
         test_images, test_labels = mnist["x_test"][:200], mnist["y_test"][:200]
@@ -38,7 +38,8 @@ def trained(tmp_path_factory) -> tuple[Path, np.ndarray, np.ndarray]:
     # guise below of the ten chosen ones classified alike (three passes of batch 32: 96%).
     model.fit(train_images, train_labels, batch_size=64, epochs=1, verbose=0)
     directory = tmp_path_factory.mktemp("model") / "mnist"
-    export_saved_model(model, directory)
+    card = model_card([str(digit) for digit in range(10)], "digit", "mnist", (28, 28))
+    export_saved_model(model, directory, card)
     digits, _ = predict.classify(load_classifier(directory), test_images)
     right = np.flatnonzero(digits == test_labels)
     chosen = [right[test_labels[right] == digit][0] for digit in range(10)]
@@ -122,7 +123,7 @@ def test_a_missing_model_is_named_before_any_image_is_read(tmp_path):
 
 
 def test_an_mnist_digit_passes_through_unchanged():
-    with np.load(REPO / "data/raw/mnist.npz") as mnist:
+    with np.load(REPO / "data/raw/mnist/mnist.npz") as mnist:
         digits = mnist["x_test"][:20]
     for digit in digits:
         converted = predict.to_mnist(digit)

@@ -43,8 +43,10 @@ def classes(directory: Path) -> list[int]:
 
 def test_dvc_yaml_declares_the_models():
     artifacts = PIPELINE["artifacts"]
+    # The model's folder is named by the data set: models/mnist with the default params.
     assert artifacts["mnist"]["path"] == "models/mnist"
-    assert PIPELINE["stages"]["train"]["outs"][0] == "models/mnist"
+    assert PIPELINE["stages"]["train"]["outs"][0] == "models/${dataset}"
+    assert yaml.safe_load((REPO / "params.yaml").read_text())["dataset"] == "mnist"
     for artifact in artifacts.values():
         assert artifact["type"] == "model"
         assert artifact["desc"] and artifact["labels"]

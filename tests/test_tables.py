@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from stages.evaluate import compute_metrics
-from tests.conftest import REPO, scratch_env, write_params
+from tests.conftest import DEFAULT_PARAMS, REPO, scratch_env, write_params
 from tests.test_end_to_end import run
 
 WIDTH = 120
@@ -83,7 +83,7 @@ def project(tmp_path_factory):
         shutil.copytree(
             REPO / package, root / package, ignore=shutil.ignore_patterns("__pycache__")
         )
-    for name in ("dvc.yaml", ".gitignore", ".dvcignore", "data/raw/checksums.json"):
+    for name in ("dvc.yaml", ".gitignore", ".dvcignore"):
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(REPO / name, root / name)
     write_params(root / "params.yaml")
@@ -91,6 +91,7 @@ def project(tmp_path_factory):
     for stage in PIPELINE["stages"].values():
         plots = [path for entry in stage.get("plots", []) for path in entry]
         for path in [*stage.get("deps", []), *stage.get("outs", []), *plots]:
+            path = path.replace("${dataset}", DEFAULT_PARAMS["dataset"])
             # A name with a suffix is a file; data/prepared and models/mnist are directories.
             target = root / path if Path(path).suffix else root / path / "stand-in"
             if not target.exists():

@@ -27,7 +27,9 @@ from loopline.loop import SCHEDULES, Trainer
 from loopline.model import MODELS, RandomShift, build_model, export_saved_model
 from loopline.params import check_train_params, dispatch_table
 from loopline.progress import Progress, open_live
+from loopline.sizes import MAX_WEIGHTS, SMALLEST, check_model_size, count_weights
 from stages import train as train_stage
+from stages.check_data import check_data
 from stages.evaluate import load_classifier
 from tests.conftest import (
     DEFAULT_PARAMS,
@@ -74,9 +76,40 @@ def group_losses(trainer, iterator, calls):
 
 @pytest.mark.parametrize("name", params_module.MODELS)
 def test_models_map_uint8_images_to_ten_logits(name):
-    model = build_model(name)
+    model = build_model(name)  # MNIST's shape and classes by default
     logits = model(np.zeros((3, 28, 28), np.uint8), training=False)
     assert logits.shape == (3, 10) and logits.dtype == tf.float32
+
+
+@pytest.mark.parametrize("name", params_module.MODELS)
+@pytest.mark.parametrize(
+    ("shape", "classes"),
+    [((28, 28), 10), ((8, 8), 10), ((32, 32, 3), 3), ((13, 17), 2), ((7, 9, 3), 5), ((5, 6), 4)],
+)
+def test_weights_counted_without_tensorflow_are_keras_count(name, shape, classes):
+    counted = count_weights(name, shape, classes)
+    if min(shape[:2]) < SMALLEST[name]:
+        assert counted is None
+        with pytest.raises(ValueError):  # Keras cannot build it either
+            build_model(name, shape, classes)
+        return
+    model = build_model(name, shape, classes)
+    assert counted == model.count_params()
+    images = np.zeros((2, *shape), np.uint8)
+    assert model(images, training=False).shape == (2, classes)
+
+
+def test_a_model_too_large_or_too_small_for_the_images_is_refused_with_a_choice():
+    # The tutorial's dense layer at 224x224 colour: about 200 million weights.
+    assert count_weights("tutorial", (224, 224, 3), 10) > 4 * MAX_WEIGHTS
+    with pytest.raises(ValueError) as refused:
+        check_model_size("tutorial", (224, 224, 3), 10, "params.yaml")
+    message = str(refused.value)
+    assert message.startswith("params.yaml: model: tutorial would hold 201,")
+    assert "224x224 colour" in message and "choose model: convnet or fast" in message
+    with pytest.raises(ValueError, match=r"model: fast needs images of at least 7x7 .* 5x6 grey"):
+        check_model_size("fast", (6, 5), 10, "params.yaml")
+    check_model_size("fast", (224, 224, 3), 10, "params.yaml")
 
 
 def test_choices_are_listed_once_and_dispatched_on_the_same_names():
@@ -364,9 +397,11 @@ def test_the_max_pooling_check_is_what_the_step_needs():
 
 
 def test_validate_refuses_max_pooling_with_xla_and_determinism_before_writing(tmp_path):
-    raw, _ = write_raw(tmp_path / "raw", synthetic_arrays())
+    raw = write_raw(tmp_path / "raw", synthetic_arrays())
+    summary = tmp_path / "dataset.json"
+    check_data(raw, summary)
     params = write_params(
-        tmp_path / "params.yaml", model="fast", jit_compile=True, validation_size=40
+        tmp_path / "params.yaml", dataset="raw", model="fast", jit_compile=True, validation_size=40
     )
     out = tmp_path / "checked"
     result = subprocess.run(
@@ -375,7 +410,7 @@ def test_validate_refuses_max_pooling_with_xla_and_determinism_before_writing(tm
             "-m",
             "stages.validate",
             str(params),
-            str(raw),
+            str(summary),
             str(out),
             "stages/train.py",
         ],
@@ -437,7 +472,7 @@ def test_runaway_training_stops_naming_learning_rate_and_writes_nothing(
     ) as error:
         train_stage.main()
     loss = float(error.value.args[0].split("mean loss ")[1].split()[0])
-    assert not loss <= loop.RUNAWAY_LOSS
+    assert not loss <= loop.RUNAWAY_FACTOR * loop.untrained_loss(10)
     assert not any(out.rglob("*"))  # no model, no metrics
     assert not any(checkpoints.rglob("*"))  # nothing to resume: it would run away again
 

@@ -1,0 +1,172 @@
+"""prepare_speed: images per second, prepare against Keras' image_dataset_from_directory.
+
+On the same image folders, in one process, taking turns: Keras' reader
+(`keras.utils.image_dataset_from_directory` of the folder's train/, iterated to its end:
+every image decoded, resized and batched), this project's `prepare` (the whole stage:
+decoding on every core, the validation split, the GZIP-compressed TFRecord shards and
+their hashes), the decoding alone (`survey.load`), and `check_data`'s check (every image
+decoded once more). Two folders: tests/data/digits (1,797 real 8x8 grey PNGs) and a
+generated one of colour JPEGs of several sizes, resized to one (dataset.yaml image_size;
+Keras resizes too, to the same size). The medians of --repeats turns are reported.
+Writes benchmarks/results/<machine>/prepare_speed.json (benchmarks/machine.py).
+Run    python -m benchmarks.prepare_speed [--repeats 3] [--photos 3000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import loopline
+
+loopline.import_tensorflow_quietly()
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from benchmarks.machine import describe, write_results  # noqa: E402
+from loopline.survey import load, survey  # noqa: E402
+from stages.prepare import prepare  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+DIGITS = REPO / "tests/data/digits"
+PARAMS = {
+    "seed": 42,
+    "validation_size": None,
+    "max_train_examples": None,
+    "examples_per_shard": 5000,
+}
+PHOTO_SIZE = (64, 64)  # what the photos are resized to, by both readers
+PHOTO_SIDES = (96, 120, 160)  # the photos' own sizes (width; height is 3/4 of it)
+
+
+def write_photos(folder: Path, count: int, classes: int = 10) -> Path:
+    """`count` colour JPEGs in train/<class>/, of PHOTO_SIDES sizes: smooth random
+    gradients with noise, which compress like photos rather than like white noise."""
+    rng = np.random.default_rng(0)
+    for index in range(count):
+        width = PHOTO_SIDES[index % len(PHOTO_SIDES)]
+        height = width * 3 // 4
+        rows, columns = np.mgrid[0:height, 0:width]
+        slope = rng.uniform(-1, 1, 3) * (rows[..., None] + columns[..., None])
+        base = rng.uniform(0, 255, 3) + slope
+        pixels = np.clip(base + rng.normal(0, 12, (height, width, 3)), 0, 255).astype(np.uint8)
+        path = folder / "train" / f"class {index % classes}" / f"{index:05d}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels).save(path, quality=90)
+    (folder / "dataset.yaml").write_text(f"image_size: {list(PHOTO_SIZE)}\n")
+    return folder
+
+
+def keras_reader(folder: Path, size: tuple[int, int], channels: int) -> Callable[[], int]:
+    def run() -> int:
+        dataset = keras.utils.image_dataset_from_directory(
+            folder / "train",
+            image_size=size,
+            color_mode="grayscale" if channels == 1 else "rgb",
+            shuffle=False,
+            verbose=False,
+        )
+        return sum(len(labels) for _, labels in dataset)
+
+    return run
+
+
+def prepare_stage(folder: Path, scratch: Path) -> Callable[[], int]:
+    def run() -> int:
+        out = scratch / "prepared"
+        meta = prepare(folder, out, PARAMS)
+        shutil.rmtree(out)
+        return sum(split["examples"] for split in meta["splits"].values())
+
+    return run
+
+
+def decoding(folder: Path, scratch: Path) -> Callable[[], int]:
+    def run() -> int:
+        data = load(folder, scratch / "decoded")
+        count = sum(len(labels) for labels in data.labels.values())
+        del data
+        shutil.rmtree(scratch / "decoded")
+        return count
+
+    return run
+
+
+def checking(folder: Path) -> Callable[[], int]:
+    def run() -> int:
+        return sum(split["examples"] for split in survey(folder).splits.values())
+
+    return run
+
+
+def timed(function: Callable[[], int]) -> tuple[float, int]:
+    start = time.perf_counter()
+    count = function()
+    return time.perf_counter() - start, count
+
+
+def measure(folder: Path, size: tuple[int, int], channels: int, repeats: int) -> dict:
+    """Every reader's images per second on `folder`, taking turns `repeats` times."""
+    with tempfile.TemporaryDirectory() as scratch:
+        readers = {
+            "keras image_dataset_from_directory": keras_reader(folder, size, channels),
+            "prepare (whole stage)": prepare_stage(folder, Path(scratch)),
+            "prepare's decoding alone": decoding(folder, Path(scratch)),
+            "check_data (decode and check)": checking(folder),
+        }
+        for reader in readers.values():  # warm-up: page cache, imports, first traces
+            reader()
+        rates: dict[str, list[float]] = {name: [] for name in readers}
+        names = list(readers)
+        for repeat in range(repeats):
+            for name in names[repeat % len(names) :] + names[: repeat % len(names)]:
+                seconds, count = timed(readers[name])
+                rates[name].append(count / seconds)
+    images = sum(1 for path in (folder / "train").rglob("*") if path.is_file())
+    medians = {name: statistics.median(values) for name, values in rates.items()}
+    baseline = medians["keras image_dataset_from_directory"]
+    return {
+        "folder": str(folder.relative_to(REPO)) if folder.is_relative_to(REPO) else folder.name,
+        "images": images,
+        "size": list(size),
+        "channels": channels,
+        "images_per_second": {name: round(value) for name, value in medians.items()},
+        "over_keras": {name: round(value / baseline, 2) for name, value in medians.items()},
+        "repeats": {name: [round(value) for value in values] for name, values in rates.items()},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3, help="(default: %(default)s)")
+    parser.add_argument("--photos", type=int, default=3000, help="(default: %(default)s)")
+    parser.add_argument("--output", type=Path, help="(default: benchmarks/results/<machine>/)")
+    arguments = parser.parse_args()
+    machine = describe()
+    with tempfile.TemporaryDirectory() as scratch:
+        photos = write_photos(Path(scratch) / "photos", arguments.photos)
+        folders = [(DIGITS, (8, 8), 1), (photos, PHOTO_SIZE, 3)]
+        results = [measure(*folder, arguments.repeats) for folder in folders]
+    for result in results:
+        print(f"{result['folder']}: {result['images']} images -> {result['size']}")
+        for name, rate in result["images_per_second"].items():
+            print(f"  {name:<36} {rate:>8,} images/s  {result['over_keras'][name]:.2f}x Keras")
+    path = write_results(
+        "prepare_speed",
+        {"cores_used": len(os.sched_getaffinity(0)), "folders": results},
+        machine,
+        arguments.output,
+    )
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
