@@ -390,6 +390,24 @@ def params_reference() -> str:
     return "\n".join(rows)
 
 
+@generator
+def own_data() -> str:
+    """docs/own-data.md's worked example: the digits folder to a model, timed."""
+    result = latest("own_data")
+    if result is None:
+        return "Not measured yet (`python -m benchmarks.own_data`)."
+    stages = ", ".join(
+        f"{name} {seconds:.0f} s" for name, seconds in result["stage_seconds"].items()
+    )
+    return (
+        f"`{result['command']}` took {result['seconds']:.0f} s ({stages}; `dvc add` "
+        f"{result['dvc_add_seconds']:.0f} s before it). The model classifies "
+        f"{percent(result['test_accuracy'])} of the {result['test_images']} test digits right "
+        f"(the TFLite model {percent(result['tflite_accuracy'])}, {result['tflite_bytes']:,} "
+        f"bytes), and `predict` printed `{result['prediction']}`. From {run_words(result)}."
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="change nothing; exit 1 if stale")
