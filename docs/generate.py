@@ -399,12 +399,14 @@ def own_data() -> str:
     stages = ", ".join(
         f"{name} {seconds:.0f} s" for name, seconds in result["stage_seconds"].items()
     )
+    path, answer, probability = result["prediction"].split("\t")
     return (
         f"`{result['command']}` took {result['seconds']:.0f} s ({stages}; `dvc add` "
         f"{result['dvc_add_seconds']:.0f} s before it). The model classifies "
         f"{percent(result['test_accuracy'])} of the {result['test_images']} test digits right "
         f"(the TFLite model {percent(result['tflite_accuracy'])}, {result['tflite_bytes']:,} "
-        f"bytes), and `predict` printed `{result['prediction']}`. From {run_words(result)}."
+        f"bytes), and `predict` answered `{answer}` (probability {probability}) for `{path}`. "
+        f"From {run_words(result)}."
     )
 
 
