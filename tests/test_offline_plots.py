@@ -83,6 +83,7 @@ def page(tmp_path_factory):
     run("git", "init", "-q", cwd=root)
     run("dvc", "init", "-q", cwd=root)
     shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
+    shutil.copy(REPO / "params.yaml", root / "params.yaml")  # dvc.yaml's ${dataset}
     shutil.copy(REPO / ".dvc/config", root / ".dvc/config")
     shutil.copytree(REPO / "vendor", root / "vendor")
     pipeline = yaml.safe_load((root / "dvc.yaml").read_text())
