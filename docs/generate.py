@@ -379,8 +379,10 @@ def params_reference() -> str:
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     readers: dict[str, list[str]] = {}
     for name, stage in stages.items():
-        for key in stage.get("params", []):
-            if isinstance(key, str):
+        # A key the command interpolates (${dataset}) re-runs the stage as one it lists does.
+        templated = re.findall(r"\$\{(\w+)\}", stage["cmd"])
+        for key in [*stage.get("params", []), *templated]:
+            if isinstance(key, str) and name not in readers.get(key, []):
                 readers.setdefault(key, []).append(name)
     rows = ["| key | default | accepted | read by |", "| --- | --- | --- | --- |"]
     for key, value, _ in params_with_comments():
