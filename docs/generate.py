@@ -407,7 +407,8 @@ def own_data() -> str:
         f"{result['dvc_add_seconds']:.0f} s before it). The model classifies "
         f"{percent(result['test_accuracy'])} of the {result['test_images']} test digits right "
         f"(the TFLite model {percent(result['tflite_accuracy'])}, {result['tflite_bytes']:,} "
-        f"bytes), and `predict` answered `{answer}` (probability {probability}) for `{path}`. "
+        f"bytes), and `predict` answered `{answer}` (probability {probability}) for "
+        f"{Path(path).parent.name}/{Path(path).name}. "
         f"From {run_words(result)}."
     )
 

@@ -61,6 +61,7 @@ class Description:
     framing: str = "resize"
     validation_size: int | float | None = None
     test_size: float | None = None
+    transposed: bool = False  # arrays stored column by column (EMNIST's IDX files)
     checksums: dict[str, str] = field(default_factory=dict)
 
 
@@ -120,6 +121,7 @@ DESCRIPTION_FIELDS = {
         lambda value: isinstance(value, float) and 0 < value < 1,
         "a fraction between 0 and 1",
     ),
+    "transposed": (lambda value: isinstance(value, bool), "true or false"),
     "checksums": (_checksums, "a mapping of file name: SHA-256 (64 hex digits)"),
 }
 
@@ -151,6 +153,7 @@ def read_description(folder: Path) -> Description:
         framing=document.get("framing", "resize"),
         validation_size=document.get("validation_size"),
         test_size=document.get("test_size"),
+        transposed=document.get("transposed", False),
         checksums=document.get("checksums", {}),
     )
     if description.framing == "digit" and description.channels == 3:
@@ -299,6 +302,11 @@ def list_images(folder: Path, description: Description) -> ImageFolder:
             f"{folder / DESCRIPTION_FILE}: classes: lists {list(description.classes)!r:.80}, "
             f"but the class folders of train/ are {list(classes)!r:.80}; remove classes (the "
             "folder names are the class names) or rename the folders"
+        )
+    if description.transposed:
+        raise ValueError(
+            f"{folder / DESCRIPTION_FILE}: transposed: is for arrays (EMNIST's IDX files); "
+            "image files are read as they are shown: remove it"
         )
     splits = {"train": train}
     if (folder / "test").is_dir():

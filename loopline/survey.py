@@ -166,6 +166,8 @@ def survey(folder: Path) -> Survey:
 def _array_shape(folder: Path, shape: tuple[int, ...], description: Description) -> list[int]:
     """[height, width] or [height, width, 3], checked against dataset.yaml's."""
     height, width = shape[1:3]
+    if description.transposed:
+        height, width = width, height
     channels = shape[3] if len(shape) == 4 else 1
     path = folder / DESCRIPTION_FILE
     if description.image_size not in (None, (height, width)):
@@ -209,6 +211,8 @@ def load(folder: Path, scratch: Path) -> Loaded:
     found = _describe(folder, layout, description, classes, shape, labels)
     extracted = arrays.extract_arrays(folder, layout, scratch, headers)
     pixels = {split: extracted[f"x_{split}"] for split in SPLITS}
+    if description.transposed:  # rows and columns swapped: a view, copied shard by shard
+        pixels = {split: array.swapaxes(1, 2) for split, array in pixels.items()}
     pixels = {split: array.reshape(len(array), *shape) for split, array in pixels.items()}
     return Loaded(found, pixels, labels)
 

@@ -321,6 +321,26 @@ def test_idx_files_give_what_the_npz_gives(tmp_path, compress):
     refused(folder, "y_train holds 0 bytes of data, its header says 60")
 
 
+def test_emnist_files_stored_transposed_are_turned_back(tmp_path):
+    arrays = synthetic_arrays(train=40, test=10)
+    folder = tmp_path / "emnist"
+    folder.mkdir()
+    for split in ("train", "test"):
+        transposed = arrays[f"x_{split}"][:, :, :20].swapaxes(1, 2)  # 28x20 stored as 20x28
+        _write_idx(folder / f"emnist-digits-{split}-images-idx3-ubyte.gz", transposed, True)
+        _write_idx(
+            folder / f"emnist-digits-{split}-labels-idx1-ubyte.gz", arrays[f"y_{split}"], True
+        )
+    assert survey(folder).shape == [20, 28]  # as stored
+    describe(folder, transposed=True, framing="digit")
+    assert survey(folder).shape == [28, 20]
+    prepare(folder, tmp_path / "prepared", {**PREPARE_PARAMS, "validation_size": 5})
+    test_images, _ = records.load_split(tmp_path / "prepared", "test")
+    np.testing.assert_array_equal(test_images, arrays["x_test"][:, :, :20])
+    image_folder(tmp_path / "images", classes=2, per_class=5)
+    refused(describe(tmp_path / "images", transposed=True), "transposed: is for arrays")
+
+
 def test_labels_named_by_a_mapping_are_numbered_in_order(tmp_path):
     # EMNIST letters: labels 1..26, none 0. Here labels 1..3 named a, b, c.
     arrays = {key: value for key, value in synthetic_arrays(train=30, test=9).items()}
