@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from loopline.images import load_image
 from loopline.model import export_saved_model, model_card, tutorial_model
 from loopline.savedmodel import load_classifier
 from stages import predict
-from tests.conftest import REPO
+from tests.conftest import REPO, write_params
 from tests.test_pipeline_spec import stage_imports
 
 TRAIN_EXAMPLES = 3000
@@ -209,3 +210,25 @@ def test_a_drawing_on_a_transparent_background_is_read_as_on_white(tmp_path):
 def test_predict_uses_the_saved_model_alone():
     training_code = {"loopline.model", "stages.train", "loopline.loop"}
     assert not stage_imports("stages.predict") & training_code
+
+
+def test_a_model_of_another_data_set_prints_its_class_names(tmp_path, monkeypatch, capsys):
+    """A colour model of two named classes: each photo resized as prepare resizes it (the
+    same function), answered by name; without --model, models/<dataset of params.yaml>."""
+    keras.utils.set_random_seed(0)
+    model = tutorial_model((16, 20, 3), 2)
+    card = model_card(["cat", "dog"], "resize", "pets", (16, 20, 3))
+    export_saved_model(model, tmp_path / "models/pets", card)
+    rng = np.random.default_rng(0)
+    paths = [tmp_path / "big photo.JPG", tmp_path / "small.png"]
+    for path, size in zip(paths, [(60, 90), (8, 10)], strict=True):
+        Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(path, quality=95)
+    pixels = np.stack([load_image(path, (16, 20), 3) for path in paths])
+    expected = model(pixels, training=False).numpy().argmax(axis=1)
+    write_params(tmp_path / "params.yaml", dataset="pets")
+    monkeypatch.chdir(tmp_path)
+    assert predict.main([path.name for path in paths]) == 0
+    lines = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
+    assert [line[:2] for line in lines] == [
+        [path.name, card["classes"][index]] for path, index in zip(paths, expected, strict=True)
+    ]
