@@ -402,7 +402,7 @@ def own_data() -> str:
         f"{name} {seconds:.0f} s" for name, seconds in result["stage_seconds"].items()
     )
     path, answer, probability = result["prediction"].split("\t")
-    return (
+    return prose(
         f"`{result['command']}` took {result['seconds']:.0f} s ({stages}; `dvc add` "
         f"{result['dvc_add_seconds']:.0f} s before it). The model classifies "
         f"{percent(result['test_accuracy'])} of the {result['test_images']} test digits right "

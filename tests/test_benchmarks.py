@@ -8,6 +8,8 @@ import json
 import re
 from pathlib import Path
 
+import yaml
+
 from benchmarks import machine
 
 REPO = Path(__file__).resolve().parents[1]
@@ -90,3 +92,27 @@ def test_every_committed_result_names_its_machine_in_its_folder() -> None:
         assert result["machine"]["id"] == path.parent.name, path
         for key in ("cpu_model", "instruction_set", "cores", "tensorflow", "commit", "date"):
             assert key in result["machine"] or key in result, (path, key)
+
+
+def test_the_committed_metrics_name_the_machine_of_the_run_dvc_lock_names() -> None:
+    """metrics/machine.json must follow a retraining (make repro records it; after a plain
+    `dvc repro` that wrote other bits: `python -m benchmarks.machine --record
+    metrics/machine.json`)."""
+    recorded = json.loads((REPO / "metrics/machine.json").read_text())
+    assert recorded["train_outputs"] == machine.train_fingerprint(REPO / "dvc.lock")
+    assert set(recorded["machine"]) == set(machine.STABLE)
+
+
+def test_a_record_is_rewritten_only_for_other_bits(tmp_path: Path) -> None:
+    lock = tmp_path / "dvc.lock"
+    lock.write_text((REPO / "dvc.lock").read_text())
+    path = tmp_path / "machine.json"
+    assert machine.record(path, lock)
+    path.write_text(path.read_text().replace(machine.describe()["id"], "another-machine"))
+    assert not machine.record(path, lock)  # same train outputs: the record stays
+    assert "another-machine" in path.read_text()
+    stages = yaml.safe_load(lock.read_text())
+    stages["stages"]["train"]["outs"][0]["md5"] = "0" * 32
+    lock.write_text(yaml.safe_dump(stages))
+    assert machine.record(path, lock)  # train wrote other bits here: this machine now
+    assert "another-machine" not in path.read_text()
