@@ -3,8 +3,8 @@
 This is the complete example of the tutorial this project grew from, "Custom Training Loop"
 (a French write-up of TensorFlow's custom-training-loop example: a subclassed
 Conv2D-Dense-Dense model trained with GradientTape in a per-step tf.function), with the
-least change that lets it run here: MNIST is read from data/raw/mnist/mnist.npz (no downloads
-on this machine) and Keras 3 spells `reset_states()` as `reset_state()`. Everything else, the
+least change that lets it run offline: MNIST is read from data/raw/mnist/mnist.npz instead
+of downloaded, and Keras 3 spells `reset_states()` as `reset_state()`. Everything else, the
 subclassed model, the per-step `@tf.function`, 5 epochs of batch 32, the final test pass,
 is the tutorial's.
 Run    python -m benchmarks.tutorial   (benchmarks/pipeline_timings.py times it)

@@ -7,9 +7,10 @@ Reads  models/<dataset> (the SavedModel, through TFLiteConverter.from_saved_mode
 Writes models/<dataset>.tflite: serving_default as a TFLite signature (uint8 images [batch,
        height, width(, 3)] -> logits, probabilities, classes), quantized as the
        `quantization` param says;
-       metrics/export.json: its accuracy on every test image beside the SavedModel's, and
-       its size. The latency per image is printed, not written: a wall-clock number in a
-       tracked file would change on every run and leave git dirty after `dvc repro`.
+       metrics/export.json: its accuracy on every test image, and its size. The
+       SavedModel's accuracy, how often the two agree and the latency per image are
+       printed, not written: a wall-clock number in a tracked file would change on every
+       run and leave git dirty after `dvc repro`.
 Run    dvc repro export
 """
 

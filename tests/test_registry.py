@@ -1,4 +1,4 @@
-"""The model registry as README shows it: GTO registers versions of dvc.yaml's `mnist`
+"""The model registry as docs/experiments.md shows it: GTO registers versions of dvc.yaml's `mnist`
 artifact, `dvc push` stores them in a directory remote, `dvc artifacts get` fetches a
 version by name into another directory, and the SavedModel it brings serves.
 

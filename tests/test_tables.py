@@ -1,5 +1,5 @@
 """The tables people read in a terminal fit 120 columns: `dvc metrics show`, and the
-experiments table of `make exps` (README), with this project's dvc.yaml and params.
+experiments table of `make exps` (docs/experiments.md), with this project's dvc.yaml and params.
 
 A scratch git + DVC repository holds dvc.yaml, params.yaml, the stages' sources and
 stand-ins for the data and model (so that dvc.lock names every dependency, as a real run's
