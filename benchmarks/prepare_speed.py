@@ -44,7 +44,7 @@ PARAMS = {
     "examples_per_shard": 5000,
 }
 PHOTO_SIZE = (64, 64)  # what the photos are resized to, by both readers
-PHOTO_SIDES = (96, 120, 160)  # the photos' own sizes (width; height is 3/4 of it)
+PHOTO_SIDES = (320, 480, 640)  # the photos' own sizes (width; height is 3/4 of it)
 
 
 def write_photos(folder: Path, count: int, classes: int = 10) -> Path:
@@ -147,7 +147,7 @@ def measure(folder: Path, size: tuple[int, int], channels: int, repeats: int) ->
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3, help="(default: %(default)s)")
-    parser.add_argument("--photos", type=int, default=3000, help="(default: %(default)s)")
+    parser.add_argument("--photos", type=int, default=2000, help="(default: %(default)s)")
     parser.add_argument("--output", type=Path, help="(default: benchmarks/results/<machine>/)")
     arguments = parser.parse_args()
     machine = describe()

@@ -7,10 +7,9 @@ sees exactly the pixels its training data had. It imports no TensorFlow.
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -24,11 +23,9 @@ RESAMPLING = Image.Resampling.BILINEAR
 GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 # The EXIF tag that says how the camera was held.
 ORIENTATION = 0x0112
-# A worker decodes this many files per task: fewer hand-offs than one file per task, and
-# still small enough that the workers finish together.
-CHUNK_FILES = 256
-# Fewer files than this are decoded in the calling process (see in_parallel).
-PARALLEL_FILES = 4096
+# A thread decodes this many files per task: fewer hand-offs than one file per task, and
+# still small enough that the threads finish together.
+CHUNK_FILES = 64
 
 
 class ImageError(ValueError):
@@ -54,6 +51,16 @@ def _upright(image: Image.Image) -> Image.Image:
     return ImageOps.exif_transpose(image)
 
 
+def _draft(image: Image.Image, size: tuple[int, int]) -> None:
+    """Let a JPEG decode at 1/2, 1/4 or 1/8 of its size when it is to be shrunk at least that
+    much (libjpeg scales while it decodes, several times faster than decoding the whole
+    photo); the resize then does the rest. Other formats ignore it."""
+    height, width = size
+    if image.getexif().get(ORIENTATION, 1) in (5, 6, 7, 8):  # stored turned a quarter
+        height, width = width, height
+    image.draft(None, (width, height))
+
+
 def _converted(image: Image.Image, channels: int) -> Image.Image:
     """`image` in mode L (channels 1) or RGB, transparent pixels on white."""
     if image.mode in ("RGBA", "LA", "La", "PA", "RGBa") or "transparency" in image.info:
@@ -72,6 +79,8 @@ def load_image(path: Path, size: tuple[int, int] | None, channels: int) -> np.nd
     width, 3], resized to `size` (height, width) unless it is None or already that size."""
     try:
         with Image.open(path) as image:
+            if size is not None:
+                _draft(image, size)
             image = _converted(_upright(image), channels)
             if size is not None and image.size != (size[1], size[0]):
                 image = image.resize((size[1], size[0]), RESAMPLING)
@@ -130,22 +139,20 @@ def _load_chunk(paths: list[Path], size: tuple[int, int], channels: int) -> np.n
 
 def in_parallel(function: Callable, paths: list[Path], *arguments) -> Iterator:
     """`function(chunk, *arguments)` for consecutive chunks of `paths`, in order, on one
-    process per core (or in this one, for a few files).
+    thread per core.
 
-    Processes, not threads: decoding a small image is mostly Python (Pillow parses PNG
-    chunks in Python), which threads would run one at a time. They start from a fresh
-    interpreter (forkserver), not as forks of this one, whose TensorFlow threads a fork
-    would copy half-way. Starting them costs about half a second, more than decoding a
-    few thousand small files takes: below PARALLEL_FILES, the files are decoded here.
+    Threads, not processes: Pillow decodes and resizes with Python's lock released, which
+    is where a photo's time goes, and threads cost nothing to start. (Processes would
+    also run the Python part of decoding a small image at once, but a process pool started
+    from a stage re-imports the stage's module, TensorFlow with it, in every worker: seconds
+    each; and forking a process that runs TensorFlow's threads is unsafe.)
     """
     chunks = [paths[start : start + CHUNK_FILES] for start in range(0, len(paths), CHUNK_FILES)]
-    if len(paths) < PARALLEL_FILES or workers() == 1:
-        for chunk in chunks:
-            yield function(chunk, *arguments)
+    if len(chunks) == 1 or workers() == 1:
+        yield from (function(chunk, *arguments) for chunk in chunks)
         return
-    context = multiprocessing.get_context("forkserver")
-    with ProcessPoolExecutor(workers(), mp_context=context) as pool:
-        yield from pool.map(function, chunks, *([argument] * len(chunks) for argument in arguments))
+    with ThreadPoolExecutor(workers()) as pool:
+        yield from pool.map(lambda chunk: function(chunk, *arguments), chunks)
 
 
 def inspect_all(paths: list[Path]) -> list[tuple[int, int, int]]:
