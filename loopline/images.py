@@ -55,6 +55,8 @@ def _draft(image: Image.Image, size: tuple[int, int]) -> None:
     """Let a JPEG decode at 1/2, 1/4 or 1/8 of its size when it is to be shrunk at least that
     much (libjpeg scales while it decodes, several times faster than decoding the whole
     photo); the resize then does the rest. Other formats ignore it."""
+    if image.format != "JPEG":
+        return
     height, width = size
     if image.getexif().get(ORIENTATION, 1) in (5, 6, 7, 8):  # stored turned a quarter
         height, width = width, height
@@ -129,10 +131,6 @@ def _inspect_chunk(paths: list[Path]) -> list[tuple[int, int, int]]:
     return [inspect_image(path) for path in paths]
 
 
-def _header_chunk(paths: list[Path]) -> list[tuple[int, int, int]]:
-    return [read_header(path) for path in paths]
-
-
 def _load_chunk(paths: list[Path], size: tuple[int, int], channels: int) -> np.ndarray:
     return np.stack([load_image(path, size, channels) for path in paths])
 
@@ -161,8 +159,9 @@ def inspect_all(paths: list[Path]) -> list[tuple[int, int, int]]:
 
 
 def read_headers(paths: list[Path]) -> list[tuple[int, int, int]]:
-    """read_header of every path, on every core."""
-    return [shape for chunk in in_parallel(_header_chunk, paths) for shape in chunk]
+    """read_header of every path (in this thread: reading a header is Python, which
+    threads would run one at a time)."""
+    return [read_header(path) for path in paths]
 
 
 def load_all(paths: list[Path], out: np.ndarray, size: tuple[int, int], channels: int) -> None:
