@@ -23,7 +23,7 @@ from typing import IO
 
 import numpy as np
 
-from loopline.dataset import IDX_NAMES, Description, is_skipped
+from loopline.dataset import IDX_NAMES, is_skipped
 from loopline.files import WriteError
 
 ARRAYS = ("x_train", "y_train", "x_test", "y_test")
@@ -203,7 +203,7 @@ def extract_arrays(folder: Path, layout: str, directory: Path, headers: dict) ->
     return arrays
 
 
-def check_shapes(folder: Path, headers: dict[str, ArrayHeader], description: Description) -> None:
+def check_shapes(folder: Path, headers: dict[str, ArrayHeader]) -> None:
     """The arrays' shapes and types: images uint8 [n, height, width(, 1 or 3)], labels [n]."""
     for split in ("train", "test"):
         images, labels = headers[f"x_{split}"], headers[f"y_{split}"]

@@ -137,7 +137,14 @@ def _check_classes(folder: Path, classes: list[str], counts: dict[str, dict]) ->
         )
 
 
-def _describe(folder, layout, description, classes, shape, labels) -> Survey:
+def _describe(
+    folder: Path,
+    layout: str,
+    description: Description,
+    classes: list[str],
+    shape: list[int],
+    labels: dict[str, np.ndarray],
+) -> Survey:
     counts = {split: _counts(labels[split], classes) for split in SPLITS}
     _check_classes(folder, classes, counts)
     default = validation_count(None, description.validation_size, counts["train"]["examples"])
@@ -154,13 +161,21 @@ def survey(folder: Path) -> Survey:
         every = found.files["train"] + found.files["test"]
         shape = image_shape(folder, every, images.inspect_all(every), description)
         return _describe(folder, layout, description, list(found.classes), shape, found.labels)
+    return _survey_arrays(folder, layout, description)[1]
+
+
+def _survey_arrays(
+    folder: Path, layout: str, description: Description
+) -> tuple[dict[str, arrays.ArrayHeader], Survey, dict[str, np.ndarray]]:
+    """The arrays read through and checked: their headers, the survey, the labels as class
+    indices."""
     headers, raw_labels = arrays.check_arrays(folder, layout)
-    arrays.check_shapes(folder, headers, description)
+    arrays.check_shapes(folder, headers)
     shape = _array_shape(folder, headers["x_train"].shape, description)
     classes, labels = _classes_and_labels(
         folder, description, {split: raw_labels[f"y_{split}"] for split in SPLITS}
     )
-    return _describe(folder, layout, description, classes, shape, labels)
+    return headers, _describe(folder, layout, description, classes, shape, labels), labels
 
 
 def _array_shape(folder: Path, shape: tuple[int, ...], description: Description) -> list[int]:
@@ -172,8 +187,8 @@ def _array_shape(folder: Path, shape: tuple[int, ...], description: Description)
     path = folder / DESCRIPTION_FILE
     if description.image_size not in (None, (height, width)):
         raise ValueError(
-            f"{path}: image_size: {list(description.image_size)}, but the arrays hold "
-            f"{height}x{width} images; remove image_size (arrays are not resized)"
+            f"{path}: image_size: {list(description.image_size)}, but the arrays' images are "
+            f"[{height}, {width}]; remove image_size (arrays are not resized)"
         )
     if description.channels not in (None, channels):
         raise ValueError(
@@ -202,13 +217,8 @@ def load(folder: Path, scratch: Path) -> Loaded:
     verify_checksums(folder, description.checksums)
     if layout == "images":
         return _load_images(folder, scratch, description, list_images(folder, description))
-    headers, raw_labels = arrays.check_arrays(folder, layout)
-    arrays.check_shapes(folder, headers, description)
-    shape = _array_shape(folder, headers["x_train"].shape, description)
-    classes, labels = _classes_and_labels(
-        folder, description, {split: raw_labels[f"y_{split}"] for split in SPLITS}
-    )
-    found = _describe(folder, layout, description, classes, shape, labels)
+    headers, found, labels = _survey_arrays(folder, layout, description)
+    shape = found.shape
     extracted = arrays.extract_arrays(folder, layout, scratch, headers)
     pixels = {split: extracted[f"x_{split}"] for split in SPLITS}
     if description.transposed:  # rows and columns swapped: a view, copied shard by shard
