@@ -277,7 +277,11 @@ def test_queued_experiments_run_in_a_copy_of_what_git_and_dvc_track(project):
     try:
         deadline = time.monotonic() + 360
         logs = [follow(root, env, name, deadline) for name in names]
+        # The queue may record an experiment's end a moment after its log ends.
         status = run(["dvc", "queue", "status"], root, env)
+        while "Running" in status and time.monotonic() < deadline:
+            time.sleep(1)
+            status = run(["dvc", "queue", "status"], root, env)
     finally:
         stop = ["dvc", "queue", "stop", "--kill"]
         subprocess.run(stop, cwd=root, env=env, capture_output=True, timeout=60)
