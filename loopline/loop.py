@@ -14,8 +14,9 @@ What makes it fast, without hiding the step:
 - every batch has the same shape: training drops the last partial batch (and an epoch is a
   whole number of groups), evaluation pads its last batch and gives the padding zero
   weight, so nothing retraces or recompiles;
-- the data is decoded once into memory (uint8) and served by tf.data with prefetching,
-  without the autotuning model (data.py).
+- the data is decoded once into memory (uint8), or streamed from its shards when it is
+  larger than `max_in_memory_mb`, and served by tf.data with prefetching, without the
+  autotuning model (data.py).
 The same code runs under any tf.distribute strategy (distribute.py): per-example losses
 averaged over the global batch, metrics updated inside the replica function, variables
 created in the strategy's scope.

@@ -70,6 +70,7 @@ MAX_EPOCHS = 10_000
 MAX_BATCH = 65_536  # 2**16 images: 51 MB of uint8 pixels, far more as float activations
 MAX_EXAMPLES = 1_000_000_000
 MAX_EXAMPLES_PER_SHARD = 1_000_000  # prepare holds one shard's images per core: 784 MB
+MAX_IN_MEMORY_MB = 10_000_000  # 10 TB
 
 
 # A data set's folder name under data/raw: letters, digits, dots, dashes and underscores,
@@ -117,6 +118,10 @@ SPECS: dict[str, Spec] = {
     # The steps of one execution are compiled into one program: compile time grows with it.
     "steps_per_execution": _count(64),
     "distribute": Spec(str, lambda value: value in STRATEGIES, f"one of {', '.join(STRATEGIES)}"),
+    # 0 streams every training split.
+    "max_in_memory_mb": Spec(
+        int, _between(0, MAX_IN_MEMORY_MB), f"an integer from 0 to {MAX_IN_MEMORY_MB:,}"
+    ),
     # train, evaluate and export
     "eval_batch_size": _count(MAX_BATCH),
     # export

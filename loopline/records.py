@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 import os
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,26 +88,60 @@ def parse_batch(serialized: tf.Tensor, shape: tuple[int, ...]) -> tuple[tf.Tenso
     return images, tf.cast(example["label"], tf.int32)
 
 
+def read_dataset(paths: list[Path], shape: tuple[int, ...], batch_size: int) -> tf.data.Dataset:
+    """The records of `paths`, in order, as (uint8 images [n, *shape], int32 labels [n])
+    batches of `batch_size` (the last may be short), parsed a whole batch at a time."""
+    return (
+        tf.data.TFRecordDataset([str(path) for path in paths], compression_type=COMPRESSION)
+        .batch(batch_size)
+        .map(lambda batch: parse_batch(batch, shape))
+    )
+
+
+def read_file(
+    path: Path, shape: tuple[int, ...], batch_size: int = PARSE_BATCH
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """One shard's examples, `batch_size` at a time, as NumPy arrays; a damaged file
+    becomes a ValueError naming it."""
+    try:
+        for images, labels in read_dataset([path], shape, batch_size):
+            yield images.numpy(), labels.numpy()
+    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as error:
+        reason = error.message.splitlines()[0][:200]
+        raise ValueError(
+            f"{path}: not a readable shard of {shape} images ({reason}); "
+            "re-create it with `dvc repro -f prepare`"
+        ) from None
+
+
 def read_arrays(paths: list[Path], shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
     """Read whole shards of images of `shape` into NumPy arrays; a damaged file becomes a
     ValueError naming it."""
-    images, labels = [], []
-    for path in paths:
-        dataset = tf.data.TFRecordDataset(str(path), compression_type=COMPRESSION)
-        try:
-            batches = dataset.batch(PARSE_BATCH).map(lambda batch: parse_batch(batch, shape))
-            for batch_images, batch_labels in batches:
-                images.append(batch_images.numpy())
-                labels.append(batch_labels.numpy())
-        except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as error:
-            reason = error.message.splitlines()[0][:200]
-            raise ValueError(
-                f"{path}: not a readable shard of {shape} images ({reason}); "
-                "re-create it with `dvc repro -f prepare`"
-            ) from None
-    if not images:
+    batches = [batch for path in paths for batch in read_file(path, shape)]
+    if not batches:
         return np.zeros((0, *shape), np.uint8), np.zeros((0,), np.int32)
-    return np.concatenate(images), np.concatenate(labels)
+    return tuple(np.concatenate(arrays) for arrays in zip(*batches, strict=True))
+
+
+def rebatch(
+    chunks: Iterable[tuple[np.ndarray, np.ndarray]], batch_size: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(images, labels) chunks of any sizes -> the same examples in batches of exactly
+    `batch_size`, in order; the last may be short. Holds at most a batch and a chunk."""
+    images, labels, held = [], [], 0
+    for chunk_images, chunk_labels in chunks:
+        images.append(chunk_images)
+        labels.append(chunk_labels)
+        held += len(chunk_labels)
+        if held < batch_size:
+            continue
+        all_images, all_labels = np.concatenate(images), np.concatenate(labels)
+        whole = held - held % batch_size
+        for start in range(0, whole, batch_size):
+            yield all_images[start : start + batch_size], all_labels[start : start + batch_size]
+        images, labels, held = [all_images[whole:]], [all_labels[whole:]], held - whole
+    if held:
+        yield np.concatenate(images), np.concatenate(labels)
 
 
 def read_meta(directory: str | Path) -> dict:
@@ -288,17 +323,11 @@ def split_shards(directory: str | Path, split: str) -> tuple[int, list[Path]]:
     return meta.examples, list(meta.shards)
 
 
-def load_split(
-    directory: str | Path, split: str, part: int = 0, parts: int = 1
-) -> tuple[np.ndarray, np.ndarray]:
-    """Read a split, checked against meta.json: uint8 images [n, *shape], labels [n].
-
-    Every shard read is first hashed against meta.json, so data changed after prepare (even
-    valid records with wrong labels) is refused before anything uses it. With `parts` > 1,
-    only the shard files part::parts (one worker's share) are read and checked.
-    """
+def split_files(directory: str | Path, split: str, part: int = 0, parts: int = 1) -> list[Path]:
+    """A split's shard files, or with `parts` > 1 worker `part`'s share of them (files
+    part::parts), in order, each first hashed against meta.json: data changed after
+    prepare (even valid records with wrong labels) is refused before anything reads it."""
     directory = Path(directory)
-    data = data_meta(directory)
     meta = split_meta(directory, split)
     paths = list(meta.shards)
     if parts > len(paths):
@@ -306,23 +335,55 @@ def load_split(
             f"{directory}: {len(paths)} {split} shard(s) for {parts} workers, expected at least "
             "one each; lower examples_per_shard in params.yaml and re-run `dvc repro prepare`"
         )
-    verify_shards({path: meta.shards[path] for path in paths[part::parts]})
-    images, labels = read_arrays(paths[part::parts], data.shape)
+    share = paths[part::parts]
+    verify_shards({path: meta.shards[path] for path in share})
+    return share
+
+
+def read_batches(
+    directory: str | Path, split: str, batch_size: int, part: int = 0, parts: int = 1
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """A split read in order, checked against meta.json, `batch_size` examples at a time
+    (the last batch may be short): uint8 images [n, *shape], int32 labels [n].
+
+    Holds one batch and one parse batch, never the split. Every shard is hashed before the
+    first batch; the labels are checked batch by batch, and once the last batch is read,
+    a whole split's count and class counts against meta.json (a share's size is not in
+    meta.json: its shards are covered by their hashes).
+    """
+    directory = Path(directory)
+    data = data_meta(directory)
+    meta = split_meta(directory, split)
+    paths = split_files(directory, split, part, parts)
     classes = len(data.classes)
-    if len(labels) and (labels.min() < 0 or labels.max() >= classes):
+    count, class_counts = 0, np.zeros(classes, np.int64)
+    chunks = (chunk for path in paths for chunk in read_file(path, data.shape))
+    for images, labels in rebatch(chunks, batch_size):
+        if len(labels) and (labels.min() < 0 or labels.max() >= classes):
+            raise ValueError(
+                f"{directory}: {split} labels range from {labels.min()} to {labels.max()}, "
+                f"expected 0..{classes - 1}; {_REMAKE}"
+            )
+        count += len(labels)
+        class_counts += np.bincount(labels, minlength=classes)
+        yield images, labels
+    if parts == 1 and count != meta.examples:
         raise ValueError(
-            f"{directory}: {split} labels range from {labels.min()} to {labels.max()}, "
-            f"expected 0..{classes - 1}; {_REMAKE}"
+            f"{directory}: {count} {split} examples, but meta.json says {meta.examples}; {_REMAKE}"
         )
-    # A share's size is not in meta.json: only a whole split can be counted against it (a
-    # share's shards are covered by their hashes).
-    if parts == 1 and len(images) != meta.examples:
-        raise ValueError(
-            f"{directory}: {len(images)} {split} examples, but meta.json says {meta.examples}; "
-            f"{_REMAKE}"
-        )
-    if parts == 1 and np.bincount(labels, minlength=classes).tolist() != meta.class_counts:
+    if parts == 1 and class_counts.tolist() != meta.class_counts:
         raise ValueError(
             f"{directory}: the {split} labels' class counts differ from meta.json's; {_REMAKE}"
         )
-    return images, labels
+
+
+def load_split(
+    directory: str | Path, split: str, part: int = 0, parts: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
+    """A split whole in memory, read and checked as read_batches reads it: uint8 images
+    [n, *shape], labels [n]. With `parts` > 1, only worker `part`'s shard files."""
+    batches = list(read_batches(directory, split, PARSE_BATCH, part, parts))
+    if not batches:
+        shape = data_meta(directory).shape
+        return np.zeros((0, *shape), np.uint8), np.zeros((0,), np.int32)
+    return tuple(np.concatenate(arrays) for arrays in zip(*batches, strict=True))

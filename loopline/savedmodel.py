@@ -94,6 +94,12 @@ def load_card(directory: Path, classifier) -> Card:
     return read_card(directory, image_shape(classifier), classes)
 
 
+def classify(classifier, images: np.ndarray) -> dict[str, np.ndarray]:
+    """Every output of the signature for one batch of images."""
+    outputs = classifier(images=tf.convert_to_tensor(images, tf.uint8))
+    return {name: outputs[name].numpy() for name in OUTPUTS}
+
+
 def predict(classifier, images: np.ndarray, batch_size: int) -> dict[str, np.ndarray]:
     """Every output of the signature for every image, in batches (the last may be short)."""
     dataset = tf.data.Dataset.from_tensor_slices(images).batch(batch_size)

@@ -23,6 +23,7 @@ if __name__ == "__main__":  # the command line: before TensorFlow is imported be
 import argparse
 import csv
 import io
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,7 @@ from PIL import Image, ImageDraw, ImageFont
 from loopline import records
 from loopline.files import atomic_output, run_stage, write_json
 from loopline.params import load_params
-from loopline.savedmodel import load_card, load_classifier, predict
+from loopline.savedmodel import classify, load_card, load_classifier
 
 PARAMS = ("eval_batch_size",)
 
@@ -49,10 +50,18 @@ HEADER_HEIGHT = 28
 FONT_SIZE = 12
 
 
+def example_losses(labels: np.ndarray, logits: np.ndarray) -> np.ndarray:
+    """The cross-entropy of each example's `logits` against its label."""
+    return tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits).numpy()
+
+
 def compute_metrics(labels: np.ndarray, logits: np.ndarray) -> dict:
     """Accuracy and mean cross-entropy of `logits` against `labels`."""
-    predictions = logits.argmax(axis=1)
-    losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits).numpy()
+    return summarise(labels, logits.argmax(axis=1), example_losses(labels, logits))
+
+
+def summarise(labels: np.ndarray, predictions: np.ndarray, losses: np.ndarray) -> dict:
+    """Accuracy of `predictions` and the mean of the examples' `losses`."""
     return {
         "accuracy": float(np.mean(predictions == labels)),
         "loss": float(np.mean(losses)),
@@ -109,6 +118,36 @@ def most_confident_mistakes(
     return wrong[np.argsort(-confidence, kind="stable")[:count]]
 
 
+class Mistakes:
+    """The `count` most confident wrong predictions of the batches added so far, in the
+    order most_confident_mistakes gives over all of them, with their images: all the grid
+    needs, holding `count` images rather than the test set."""
+
+    def __init__(self, shape: tuple[int, ...], count: int = MISTAKES_SHOWN) -> None:
+        self.count, self.shape = count, shape
+        self.seen = self.wrong = 0  # images added, wrong predictions among them
+        self.indices = np.zeros(0, np.int64)  # in the test set
+        self.images = np.zeros((0, *shape), np.uint8)
+        self.labels = np.zeros(0, np.int64)
+        self.probabilities = np.zeros((0, 0), np.float32)
+
+    def add(self, images: np.ndarray, labels: np.ndarray, probabilities: np.ndarray) -> None:
+        """The next batch of test images, their labels and predicted probabilities."""
+        wrong = np.flatnonzero(probabilities.argmax(axis=1) != labels)
+        self.wrong += len(wrong)
+        if len(self.probabilities) == 0:
+            self.probabilities = np.zeros((0, probabilities.shape[1]), probabilities.dtype)
+        self.indices = np.concatenate([self.indices, self.seen + wrong])
+        self.images = np.concatenate([self.images, images[wrong]])
+        self.labels = np.concatenate([self.labels, labels[wrong]])
+        self.probabilities = np.concatenate([self.probabilities, probabilities[wrong]])
+        self.seen += len(labels)
+        # The most confident first, equal confidences in test-set order.
+        kept = np.lexsort((self.indices, -self.probabilities.max(axis=1)))[: self.count]
+        self.indices, self.images = self.indices[kept], self.images[kept]
+        self.labels, self.probabilities = self.labels[kept], self.probabilities[kept]
+
+
 def shown_image(image: np.ndarray, digits: bool) -> Image.Image:
     """`image` as the grid shows it, IMAGE_BOX pixels on its longer side: enlarged by a whole
     factor without smoothing (NEAREST keeps the pixels visible), or shrunk smoothly. Digits
@@ -134,34 +173,43 @@ def draw_mistakes(
     digits: bool = True,
     count: int = MISTAKES_SHOWN,
 ) -> Image.Image:
-    """A grid of the `count` most confident mistakes: each image, its true and predicted
-    class. Colour images make a colour grid."""
-    chosen = most_confident_mistakes(labels, probabilities, count)
-    wrong = int(np.sum(probabilities.argmax(axis=1) != labels))
-    rows = -(-len(chosen) // GRID_COLUMNS)
-    mode, white, black = ("RGB", (255,) * 3, (0,) * 3) if images.ndim == 4 else ("L", 255, 0)
+    """A grid of the `count` most confident mistakes of the whole test set given at once."""
+    mistakes = Mistakes(images.shape[1:], count)
+    mistakes.add(images, labels, probabilities)
+    return draw_grid(mistakes, classes, digits)
+
+
+def draw_grid(mistakes: Mistakes, classes: list[str], digits: bool = True) -> Image.Image:
+    """A grid of the most confident mistakes: each image, its true and predicted class.
+    Colour images make a colour grid."""
+    rows = -(-len(mistakes.labels) // GRID_COLUMNS)
+    colour = len(mistakes.shape) == 3
+    mode, white, black = ("RGB", (255,) * 3, (0,) * 3) if colour else ("L", 255, 0)
     grid = Image.new(mode, (GRID_COLUMNS * TILE_WIDTH, HEADER_HEIGHT + rows * TILE_HEIGHT), white)
     draw = ImageDraw.Draw(grid)
     # Pillow's built-in font (in its wheel): no font file to ship or to find.
     font = ImageFont.load_default(size=FONT_SIZE)
     title = (
-        f"The {len(chosen)} most confident of {wrong} mistakes on {len(labels):,} test images"
-        if wrong
-        else f"No mistakes on {len(labels):,} test images"
+        f"The {len(mistakes.labels)} most confident of {mistakes.wrong} mistakes on "
+        f"{mistakes.seen:,} test images"
+        if mistakes.wrong
+        else f"No mistakes on {mistakes.seen:,} test images"
     )
     draw.text((8, 8), title, fill=black, font=font)
-    for position, index in enumerate(chosen):
-        shown = shown_image(images[index], digits)
+    for position, (image, label, probabilities) in enumerate(
+        zip(mistakes.images, mistakes.labels, mistakes.probabilities, strict=True)
+    ):
+        shown = shown_image(image, digits)
         width, height = shown.size
         left = (position % GRID_COLUMNS) * TILE_WIDTH + (TILE_WIDTH - width) // 2
         top = HEADER_HEIGHT + (position // GRID_COLUMNS) * TILE_HEIGHT + (IMAGE_BOX - height) // 2
         grid.paste(shown, (left, top))
         frame = 200 if mode == "L" else (200,) * 3
         draw.rectangle((left - 1, top - 1, left + width, top + height), outline=frame)
-        predicted = int(probabilities[index].argmax())
+        predicted = int(probabilities.argmax())
         caption = (
-            f"true {_name(classes, labels[index])} / predicted {_name(classes, predicted)} "
-            f"({probabilities[index].max():.2f})"
+            f"true {_name(classes, label)} / predicted {_name(classes, predicted)} "
+            f"({probabilities.max():.2f})"
         )
         centre = (position % GRID_COLUMNS) * TILE_WIDTH + TILE_WIDTH // 2
         bottom = HEADER_HEIGHT + (position // GRID_COLUMNS) * TILE_HEIGHT + IMAGE_BOX + 6
@@ -169,18 +217,37 @@ def draw_mistakes(
     return grid
 
 
-def write_mistakes(
-    path: Path,
-    images: np.ndarray,
-    labels: np.ndarray,
-    probabilities: np.ndarray,
-    classes: list[str],
-    digits: bool = True,
-) -> None:
-    grid = draw_mistakes(images, labels, probabilities, classes, digits)
+def write_mistakes(path: Path, mistakes: Mistakes, classes: list[str], digits: bool = True) -> None:
+    grid = draw_grid(mistakes, classes, digits)
     with atomic_output(path) as temporary:
         # No metadata (time, software): the same predictions give the same PNG bytes.
         grid.save(temporary, format="PNG", optimize=True)
+
+
+@dataclass
+class Evaluation:
+    """What evaluate keeps of the test set: per image, its label, the predicted class and
+    the loss; and the most confident mistakes with their images."""
+
+    labels: np.ndarray
+    predictions: np.ndarray
+    losses: np.ndarray
+    mistakes: Mistakes
+
+
+def evaluate_test_split(classifier, data_dir: Path, batch_size: int) -> Evaluation:
+    """The classifier on every test image, a batch at a time (the last may be short)."""
+    labels, predictions, losses = [], [], []
+    mistakes = Mistakes(records.data_meta(data_dir).shape)
+    for images, batch_labels in records.read_batches(data_dir, "test", batch_size):
+        outputs = classify(classifier, images)
+        labels.append(batch_labels)
+        predictions.append(outputs["classes"])
+        losses.append(example_losses(batch_labels, outputs["logits"]))
+        mistakes.add(images, batch_labels, outputs["probabilities"])
+    return Evaluation(
+        *(np.concatenate(arrays) for arrays in (labels, predictions, losses)), mistakes
+    )
 
 
 def main() -> None:
@@ -204,19 +271,17 @@ def main() -> None:
             f"{list(data.shape)} (another data set); run `dvc repro` to train on this one"
         )
     classes = list(data.classes)
-    images, labels = records.load_split(arguments.data, "test")
-    outputs = predict(classifier, images, params["eval_batch_size"])
-    logits, predicted = outputs["logits"], outputs["classes"]
-    metrics = compute_metrics(labels, logits)
+    results = evaluate_test_split(classifier, arguments.data, params["eval_batch_size"])
+    labels, predictions = results.labels, results.predictions
+    metrics = summarise(labels, predictions, results.losses)
     print(
         f"evaluate: test accuracy {metrics['accuracy']:.4f} loss {metrics['loss']:.4f} "
         f"on {len(labels)} images"
     )
     write_json(arguments.metrics, metrics)
-    write_json(arguments.per_class, per_class_accuracy(labels, predicted, classes))
-    write_confusion(arguments.confusion, labels, predicted, classes)
-    digits = data.framing == "digit"
-    write_mistakes(arguments.mistakes, images, labels, outputs["probabilities"], classes, digits)
+    write_json(arguments.per_class, per_class_accuracy(labels, predictions, classes))
+    write_confusion(arguments.confusion, labels, predictions, classes)
+    write_mistakes(arguments.mistakes, results.mistakes, classes, data.framing == "digit")
 
 
 if __name__ == "__main__":

@@ -2,8 +2,8 @@
 
 Reads  models/<dataset> (the SavedModel, through TFLiteConverter.from_saved_model: the
        loader that needs its variables in the graph, see loopline/model.py Serving),
-       data/prepared (the test shards; for int8, the first training images to calibrate
-       on), the params in PARAMS.
+       data/prepared (the test shards, a batch at a time; for int8, the first training
+       images to calibrate on), the params in PARAMS.
 Writes models/<dataset>.tflite: serving_default as a TFLite signature (uint8 images [batch,
        height, width(, 3)] -> logits, probabilities, classes), quantized as the
        `quantization` param says;
@@ -38,7 +38,7 @@ from ai_edge_litert.interpreter import Interpreter
 from loopline import records
 from loopline.files import atomic_output, run_stage, write_json
 from loopline.params import dispatch_table, load_params
-from loopline.savedmodel import load_classifier, predict
+from loopline.savedmodel import classify, load_classifier
 
 PARAMS = ("quantization", "eval_batch_size")
 
@@ -61,11 +61,27 @@ def quantize_dynamic_range(converter: tf.lite.TFLiteConverter, data: Path) -> No
 
 def quantize_int8(converter: tf.lite.TFLiteConverter, data: Path) -> None:
     """int8 weights and activations (integer-only accelerators), calibrated on training images."""
-    images, _ = records.load_split(data, "train")
-    calibration = images[:CALIBRATION_IMAGES]
+    calibration = first_images(data, "train", CALIBRATION_IMAGES)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.representative_dataset = lambda: ({"images": image[None]} for image in calibration)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+
+
+def first_images(data: Path, split: str, count: int) -> np.ndarray:
+    """The first `count` images of a split (all, if it has fewer), reading only the shards
+    they are in, each hashed against meta.json first."""
+    shape = records.data_meta(data).shape
+    images, held = [], 0
+    for path, digest in records.split_meta(data, split).shards.items():
+        if held == count:
+            break
+        records.verify_shards({path: digest})
+        for batch, _ in records.read_file(path, shape):
+            images.append(batch[: count - held])
+            held += len(images[-1])
+            if held == count:
+                break
+    return np.concatenate(images) if images else np.zeros((0, *shape), np.uint8)
 
 
 CONVERSIONS = dispatch_table(
@@ -105,6 +121,19 @@ def latency_ms(runner, images: np.ndarray) -> float:
     return 1000 * float(np.median(seconds))
 
 
+def classify_test_split(runner, classifier, data: Path, batch_size: int) -> dict[str, np.ndarray]:
+    """Each test image's label and the classes TFLite and the SavedModel give it, a batch
+    at a time; and the first LATENCY_IMAGES images, to time."""
+    labels, tflite, savedmodel, first = [], [], [], []
+    for images, batch_labels in records.read_batches(data, "test", batch_size):
+        labels.append(batch_labels)
+        tflite.append(runner(images=images)["classes"])
+        savedmodel.append(classify(classifier, images)["classes"])
+        first.append(images[: LATENCY_IMAGES - sum(map(len, first))])
+    arrays = {"labels": labels, "tflite": tflite, "savedmodel": savedmodel, "first": first}
+    return {name: np.concatenate(batches) for name, batches in arrays.items()}
+
+
 def export(model: Path, data: Path, tflite: Path, params: dict) -> tuple[dict, dict]:
     """Convert, write `tflite` and test it; returns its metrics, and what is only printed:
     the SavedModel's accuracy, the share of test images both classify alike, the latency."""
@@ -113,9 +142,8 @@ def export(model: Path, data: Path, tflite: Path, params: dict) -> tuple[dict, d
     with atomic_output(tflite) as temporary:
         temporary.write_bytes(content)
     runner = Interpreter(model_content=content).get_signature_runner("serving_default")
-    images, labels = records.load_split(data, "test")
-    classes = tflite_outputs(runner, images, params["eval_batch_size"])["classes"]
-    savedmodel = predict(classifier, images, params["eval_batch_size"])["classes"]
+    tested = classify_test_split(runner, classifier, data, params["eval_batch_size"])
+    labels, classes, savedmodel = tested["labels"], tested["tflite"], tested["savedmodel"]
     # Two columns in `dvc metrics show` and `dvc exp show`, named apart from evaluate's
     # `accuracy` (a shared name would make DVC print both with their full paths).
     metrics = {
@@ -125,7 +153,7 @@ def export(model: Path, data: Path, tflite: Path, params: dict) -> tuple[dict, d
     report = {
         "savedmodel_accuracy": float(np.mean(savedmodel == labels)),
         "agreement": float(np.mean(classes == savedmodel)),
-        "latency_ms": latency_ms(runner, images),
+        "latency_ms": latency_ms(runner, tested["first"]),
     }
     return metrics, report
 

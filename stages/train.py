@@ -23,6 +23,7 @@ if __name__ == "__main__":  # the command line: before TensorFlow is imported be
 
 import argparse
 import functools
+import math
 import shutil
 import tempfile
 import time
@@ -35,7 +36,15 @@ import tensorflow as tf
 
 from loopline import records
 from loopline.checkpoints import Checkpoints, open_checkpoints
-from loopline.data import distribute_train_dataset, make_eval_dataset
+from loopline.data import (
+    ShareDataset,
+    distribute_train_dataset,
+    fits_in_memory,
+    make_eval_dataset,
+    make_train_dataset,
+    shuffle_buffer_size,
+    stream_train_dataset,
+)
 from loopline.distribute import lost_peer, make_strategy, supports_xla
 from loopline.files import StageError, atomic_output, run_stage
 from loopline.loop import SCHEDULES, RunawayTrainingError, Trainer, run_epoch, steps_per_epoch
@@ -55,6 +64,7 @@ PARAMS = (
     "steps_per_execution",
     "distribute",
     "eval_batch_size",
+    "max_in_memory_mb",
 )
 
 
@@ -64,6 +74,44 @@ def load_training_shards(data_dir: Path, part: int, parts: int) -> tuple[np.ndar
     if parts > 1:
         print(f"train: worker {part} of {parts}: {len(images)} examples from its training shards")
     return images, labels
+
+
+def training_files(data_dir: Path, part: int, parts: int) -> list[Path]:
+    """Worker `part` of `parts`: its training shard files, checked, to stream."""
+    paths = records.split_files(data_dir, "train", part, parts)
+    if parts > 1:
+        names = ", ".join(path.name.split("-")[1] for path in paths)
+        print(f"train: worker {part} of {parts}: streams its training shards {names}")
+    return paths
+
+
+def training_shares(data_dir: Path, max_in_memory_mb: int) -> ShareDataset:
+    """How each epoch reads the training split: held in memory (decoded once, shuffled
+    whole) if its pixels take at most `max_in_memory_mb` MB, else streamed from its shards."""
+    examples, _ = records.split_shards(data_dir, "train")
+    shape = records.data_meta(data_dir).shape
+    megabytes = f"{examples:,} training images ({examples * math.prod(shape) / 1e6:,.1f} MB)"
+    if fits_in_memory(examples, shape, max_in_memory_mb):
+        print(f"train: {megabytes} held in memory")
+        load = functools.cache(functools.partial(load_training_shards, data_dir))
+        return lambda part, parts, batch_size, seed: make_train_dataset(
+            *load(part, parts), batch_size, seed
+        )
+    print(
+        f"train: {megabytes} streamed from their shards (over max_in_memory_mb: "
+        f"{max_in_memory_mb}), shuffled {shuffle_buffer_size(shape):,} at a time"
+    )
+    files = functools.cache(functools.partial(training_files, data_dir))
+    return lambda part, parts, batch_size, seed: stream_train_dataset(
+        files(part, parts), shape, batch_size, seed
+    )
+
+
+def validation_dataset(data_dir: Path, eval_batch_size: int) -> tf.data.Dataset:
+    """The validation split, streamed in order every epoch (its shards checked first)."""
+    examples, _ = records.split_shards(data_dir, "validation")
+    paths = records.split_files(data_dir, "validation")
+    return make_eval_dataset(paths, records.data_meta(data_dir).shape, examples, eval_batch_size)
 
 
 def train_epoch(
@@ -147,11 +195,8 @@ def train(
         tf.config.experimental.enable_op_determinism()
     strategy = make_strategy(params["distribute"])
     steps = steps_per_epoch(data_dir, params, strategy.num_replicas_in_sync)
-    # Each worker's share of the training shards, decoded once for every epoch.
-    load_shards = functools.cache(functools.partial(load_training_shards, data_dir))
-    validation = make_eval_dataset(
-        *records.load_split(data_dir, "validation"), params["eval_batch_size"]
-    )
+    shares = training_shares(data_dir, params["max_in_memory_mb"])
+    validation = validation_dataset(data_dir, params["eval_batch_size"])
     trainer = build_trainer(params, strategy, steps, records.data_meta(data_dir))
     checkpoints = open_checkpoints(checkpoint_root, params, data_dir, trainer)
     history = checkpoints.restore()
@@ -164,7 +209,7 @@ def train(
             log_epoch(live, row)
         for epoch in range(len(history) + 1, epochs + 1):
             dataset = distribute_train_dataset(
-                strategy, load_shards, params["batch_size"], params["seed"] + epoch
+                strategy, shares, params["batch_size"], params["seed"] + epoch
             )
             row = train_epoch(trainer, dataset, steps, f"epoch {epoch}/{epochs}", validation)
             history.append({"epoch": epoch, **row})

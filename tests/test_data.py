@@ -24,6 +24,16 @@ def test_round_trip_gives_back_the_same_pixels_and_labels(tmp_path):
     assert read_images.dtype == np.uint8 and read_labels.dtype == np.int32
 
 
+@pytest.mark.parametrize("batch_size", [1, 7, 64, 1000])
+def test_a_split_read_a_batch_at_a_time_is_the_whole_split_in_order(prepared, batch_size):
+    images, labels = records.load_split(prepared, "train")  # files of 64, 64, 64 and 8
+    batches = list(records.read_batches(prepared, "train", batch_size))
+    sizes = [len(batch_labels) for _, batch_labels in batches]
+    assert sizes == [batch_size] * (200 // batch_size) + [200 % batch_size] * (200 % batch_size > 0)
+    np.testing.assert_array_equal(np.concatenate([batch[0] for batch in batches]), images)
+    np.testing.assert_array_equal(np.concatenate([batch[1] for batch in batches]), labels)
+
+
 def test_the_shipped_data_is_mnist_and_matches_its_checksums(tmp_path):
     # prepare's own check of data/raw/mnist (shapes, label range, the file's SHA-256 in
     # dataset.yaml), then what the file's provenance says of MNIST: its first labels and

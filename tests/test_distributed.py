@@ -217,7 +217,8 @@ def saved_epochs(out: Path) -> list[int]:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    """Two `multi_worker` workers through a death and a restart, SMALL's 3 epochs:
+    """Two `multi_worker` workers streaming their training shards (max_in_memory_mb 0)
+    through a death and a restart, SMALL's 3 epochs:
 
     1. Both start. Once both have saved epoch 2, worker 1 is killed (SIGKILL); worker 0,
        waiting for it in epoch 3, must fail.
@@ -228,7 +229,9 @@ def cluster(tmp_path_factory):
     root = tmp_path_factory.mktemp("cluster")
     raw = write_raw(root / "raw", synthetic_arrays())
     prepared = prepare_synthetic(raw, root / "prepared")
-    params = write_params(root / "params.yaml", **SMALL, distribute="multi_worker")
+    params = write_params(
+        root / "params.yaml", **SMALL, distribute="multi_worker", max_in_memory_mb=0
+    )
     out = root / "run"
     logs = [root / f"first-{index}.log" for index in range(2)]
     behind = root / "worker-1-after-epoch-1"
@@ -302,12 +305,11 @@ def test_a_restarted_cluster_resumes_after_the_last_epoch_every_worker_saved(clu
 
 def test_two_workers_train_one_model(cluster):
     outputs, out, prepared = cluster["second"], cluster["out"], cluster["prepared"]
-    # Each worker decoded only its own training shards (0 and 2, 1 and 3 of four).
-    shares = [
-        int(output.split(f"train: worker {index} of 2: ")[1].split()[0])
-        for index, output in enumerate(outputs)
-    ]
-    assert shares == [128, 72] and sum(shares) == 200
+    # Each worker streamed only its own training shards (0 and 2, 1 and 3 of four).
+    for index, output in enumerate(outputs):
+        assert "200 training images (0.2 MB) streamed from their shards" in output
+        shards = "00000, 00002" if index == 0 else "00001, 00003"
+        assert f"train: worker {index} of 2: streams its training shards {shards}\n" in output
 
     # One SavedModel, written by the chief only; nothing left of the others' copies.
     files = sorted(path.name for path in out.iterdir())
@@ -337,6 +339,17 @@ def test_workers_share_the_training_files_between_them(prepared):
     assert sorted(map(bytes, images)) == sorted(map(bytes, whole_images))
     labels = np.concatenate([share_labels for _, share_labels in shares])
     assert sorted(labels) == sorted(whole_labels)
+
+
+def test_a_streaming_worker_reads_only_its_training_files(prepared):
+    shares = train_stage.training_shares(prepared, max_in_memory_mb=0)
+    for part in range(3):
+        expected, expected_labels = records.load_split(prepared, "train", part, 3)
+        # Batches of 1 drop nothing: the whole share, once, in a seeded order.
+        batches = list(shares(part, 3, 1, 7))
+        images = np.concatenate([images for images, _ in batches])
+        assert sorted(map(bytes, images)) == sorted(map(bytes, expected))
+        assert sorted(np.concatenate([labels for _, labels in batches])) == sorted(expected_labels)
 
 
 def test_more_workers_than_files_is_refused(prepared):

@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+from loopline import records
 from loopline.model import build_model, export_saved_model
 from loopline.savedmodel import load_classifier, predict
 from stages.evaluate import (
@@ -16,10 +17,13 @@ from stages.evaluate import (
     IMAGE_BOX,
     TILE_HEIGHT,
     TILE_WIDTH,
+    Mistakes,
     compute_metrics,
     draw_mistakes,
+    evaluate_test_split,
     most_confident_mistakes,
     per_class_accuracy,
+    summarise,
     write_confusion,
     write_mistakes,
 )
@@ -64,6 +68,24 @@ def test_every_image_is_predicted_even_in_a_short_last_batch(tmp_path):
     images = np.random.default_rng(1).integers(0, 255, (23, 28, 28), dtype=np.uint8)
     logits = predict(load_classifier(tmp_path / "model"), images, batch_size=10)["logits"]
     np.testing.assert_allclose(logits, model(images).numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_the_test_split_streamed_in_batches_gives_the_whole_splits_results(prepared, tmp_path):
+    model = build_model("tutorial")
+    export_saved_model(model, tmp_path / "model")
+    classifier = load_classifier(tmp_path / "model")
+    images, labels = records.load_split(prepared, "test")  # 60 images in one shard
+    outputs = predict(classifier, images, batch_size=1000)
+    for batch_size in (7, 60, 1000):
+        results = evaluate_test_split(classifier, prepared, batch_size)
+        np.testing.assert_array_equal(results.labels, labels)
+        np.testing.assert_array_equal(results.predictions, outputs["classes"])
+        expected = compute_metrics(labels, outputs["logits"])
+        assert summarise(labels, results.predictions, results.losses) == pytest.approx(expected)
+        whole = Mistakes(images.shape[1:])
+        whole.add(images, labels, outputs["probabilities"])
+        np.testing.assert_array_equal(results.mistakes.indices, whole.indices)
+        np.testing.assert_array_equal(results.mistakes.images, whole.images)
 
 
 def test_confusion_rows(tmp_path):
@@ -175,10 +197,37 @@ def test_fewer_mistakes_than_tiles_make_fewer_rows():
     np.testing.assert_array_equal(tile(grid, 6), enlarged(images[expected[6]]))
 
 
+def mistakes_of(images, labels, probabilities, batch_size):
+    """Mistakes, fed the test set `batch_size` images at a time."""
+    mistakes = Mistakes(images.shape[1:])
+    for start in range(0, len(labels), batch_size):
+        batch = slice(start, start + batch_size)
+        mistakes.add(images[batch], labels[batch], probabilities[batch])
+    return mistakes
+
+
+@pytest.mark.parametrize("batch_size", [1, 7, 1000])
+def test_mistakes_kept_batch_by_batch_are_those_of_the_whole_test_set(batch_size):
+    images, labels, probabilities, order = predictions_with_mistakes(wrong=60, right=40)
+    # Ties across batches: equal confidences must keep test-set order, as over the whole.
+    tied = [order[1] + 1, 61, 99]  # another wrong one, and two right ones made wrong
+    probabilities[tied], labels[tied] = probabilities[order[1]], labels[order[1]]
+    mistakes = mistakes_of(images, labels, probabilities, batch_size)
+    expected = most_confident_mistakes(labels, probabilities, count=24)
+    assert set(tied) < set(expected)
+    np.testing.assert_array_equal(mistakes.indices, expected)
+    np.testing.assert_array_equal(mistakes.images, images[expected])
+    np.testing.assert_array_equal(mistakes.labels, labels[expected])
+    np.testing.assert_array_equal(mistakes.probabilities, probabilities[expected])
+    assert (mistakes.seen, mistakes.wrong) == (100, 62)
+    assert len(mistakes.images) == 24  # never more held
+
+
 def test_mistakes_png_is_the_same_bytes_every_time(tmp_path):
     images, labels, probabilities, _ = predictions_with_mistakes(wrong=30)
-    write_mistakes(tmp_path / "first.png", images, labels, probabilities, DIGITS)
-    write_mistakes(tmp_path / "second.png", images, labels, probabilities.copy(), DIGITS)
+    whole = mistakes_of(images, labels, probabilities, batch_size=1000)
+    write_mistakes(tmp_path / "first.png", whole, DIGITS)
+    write_mistakes(tmp_path / "second.png", mistakes_of(images, labels, probabilities, 7), DIGITS)
     assert (tmp_path / "first.png").read_bytes() == (tmp_path / "second.png").read_bytes()
     with Image.open(tmp_path / "first.png") as image:
         assert image.format == "PNG"
@@ -189,7 +238,7 @@ def test_mistakes_png_is_the_same_bytes_every_time(tmp_path):
 
 def test_no_mistakes_gives_a_header_only_image(tmp_path):
     images, labels, probabilities, _ = predictions_with_mistakes(wrong=0)
-    write_mistakes(tmp_path / "mistakes.png", images, labels, probabilities, DIGITS)
+    write_mistakes(tmp_path / "mistakes.png", mistakes_of(images, labels, probabilities, 4), DIGITS)
     with Image.open(tmp_path / "mistakes.png") as image:
         assert image.size == (GRID_COLUMNS * TILE_WIDTH, HEADER_HEIGHT)
         assert np.asarray(image).min() < 128  # the "No mistakes" line is written on it

@@ -221,3 +221,16 @@ def test_the_same_weights_give_the_same_bytes(trained, tmp_path):
         export.convert(tmp_path / name, data, "dynamic_range") for name in ("first", "second")
     ]
     assert tflite[0] == tflite[1]
+
+
+def test_calibration_reads_the_first_images_from_only_the_shards_they_are_in(prepared):
+    images, _ = load_split(prepared, "train")  # shards of 64, 64, 64 and 8 images
+    np.testing.assert_array_equal(export.first_images(prepared, "train", 100), images[:100])
+    np.testing.assert_array_equal(export.first_images(prepared, "train", 500), images)
+    # The third shard changed after prepare: the first 128 images do not need it...
+    third = prepared / "train-00002-of-00004.tfrecord.gz"
+    third.write_bytes(third.read_bytes()[:-10])
+    np.testing.assert_array_equal(export.first_images(prepared, "train", 128), images[:128])
+    # ...the first 129 do, and it is hashed before it is read.
+    with pytest.raises(ValueError, match=f"{third}: its SHA-256 is not the one in meta.json"):
+        export.first_images(prepared, "train", 129)

@@ -8,8 +8,10 @@ import errno
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import keras
 import numpy as np
@@ -18,10 +20,15 @@ import tensorflow as tf
 import yaml
 
 from benchmarks.time_to_accuracy import best_overrides
-from loopline import loop
+from loopline import loop, records
 from loopline import params as params_module
 from loopline.checkpoints import checkpoint_key
-from loopline.data import make_eval_dataset, make_train_dataset
+from loopline.data import (
+    make_eval_dataset,
+    make_train_dataset,
+    shuffle_buffer_size,
+    stream_train_dataset,
+)
 from loopline.distribute import STRATEGIES
 from loopline.loop import SCHEDULES, Trainer
 from loopline.model import MODELS, RandomShift, build_model, export_saved_model
@@ -35,6 +42,7 @@ from tests.conftest import (
     DEFAULT_PARAMS,
     REPO,
     files,
+    saved_epoch,
     synthetic_arrays,
     write_params,
     write_raw,
@@ -50,6 +58,8 @@ TINY = {
     "eval_batch_size": 32,
     "seed": 3,
 }
+# The same, streamed from the shards: max_in_memory_mb 0 holds no training split in memory.
+STREAMED = {**TINY, "max_in_memory_mb": 0}
 
 
 def make_trainer(jit_compile=False, model="tutorial", steps_per_execution=1):
@@ -211,20 +221,26 @@ def test_onecycle_schedule_warms_up_then_decays_like_its_formula():
     assert np.all(np.diff(actual[warmup:]) <= 0)
 
 
-def test_evaluation_counts_every_example_once_despite_padding():
+def test_evaluation_counts_every_example_once_despite_padding(tmp_path):
     arrays = synthetic_arrays(train=37)
     images, labels = arrays["x_train"], arrays["y_train"].astype(np.int32)
+    # Four files of 10, 10, 10 and 7 examples: batches of 16 span them.
+    names = records.write_shards(images, labels, tmp_path, "validation", 10)
+    paths = [tmp_path / name for name in names]
     trainer = make_trainer()
-    loss, accuracy = trainer.evaluate(make_eval_dataset(images, labels, batch_size=16))
+    loss, accuracy = trainer.evaluate(make_eval_dataset(paths, (28, 28), 37, batch_size=16))
     # NumPy reference over the 37 real examples only.
     logits = trainer.model(images, training=False).numpy()
     shifted = logits - logits.max(axis=1, keepdims=True)
     log_probabilities = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
     assert loss == pytest.approx(-log_probabilities[np.arange(37), labels].mean(), rel=1e-5)
     assert accuracy == pytest.approx(np.mean(logits.argmax(axis=1) == labels))
-    batches = list(make_eval_dataset(images, labels, batch_size=16))
+    batches = list(make_eval_dataset(paths, (28, 28), 37, batch_size=16))
     assert [batch[0].shape[0] for batch in batches] == [16, 16, 16]
     assert sum(float(batch[2].numpy().sum()) for batch in batches) == 37
+    np.testing.assert_array_equal(np.concatenate([batch[0] for batch in batches])[:37], images)
+    np.testing.assert_array_equal(np.concatenate([batch[1] for batch in batches])[:37], labels)
+    assert not np.any(batches[-1][0][5:]) and not np.any(batches[-1][2][5:])  # the padding
 
 
 def test_training_batches_are_full_and_the_order_is_seeded():
@@ -238,13 +254,49 @@ def test_training_batches_are_full_and_the_order_is_seeded():
     assert order(1) == order(1) and order(1) != order(2)
 
 
-def test_in_memory_pipelines_run_without_the_autotuning_model():
-    # Its thread made deleting each epoch's iterator wait seconds (data.in_memory_options).
+def test_a_streamed_epoch_is_every_example_once_in_an_order_fixed_by_its_seed(prepared):
+    paths = records.split_files(prepared, "train")  # 64, 64, 64 and 8 examples
+    images, _ = records.load_split(prepared, "train")
+
+    def epoch(seed, batch_size=16):
+        batches = list(stream_train_dataset(paths, (28, 28), batch_size, seed))
+        assert all(len(labels) == batch_size for _, labels in batches)
+        return np.concatenate([images for images, _ in batches])
+
+    first = epoch(seed=1)
+    assert len(first) == 192  # 12 full batches of the 200; 8 left out
+    assert len({bytes(image) for image in first}) == 192  # each example at most once
+    assert {bytes(image) for image in epoch(1, batch_size=1)} == {bytes(i) for i in images}
+    np.testing.assert_array_equal(epoch(seed=1), first)
+    second = epoch(seed=2)
+    assert not np.array_equal(second, first)
+    # Mixed across the shards from the first batch on, not read one shard after another.
+    shard_of = {bytes(image): index // 64 for index, image in enumerate(images)}
+    assert len({shard_of[bytes(image)] for image in first[:16]}) > 1
+    # Not merely the shards in another order: the examples are shuffled within them too.
+    assert [shard_of[bytes(image)] for image in first[:64]] != sorted(
+        shard_of[bytes(image)] for image in first[:64]
+    )
+
+
+def test_the_shuffle_buffer_is_bounded_in_images_and_in_bytes():
+    assert shuffle_buffer_size((28, 28)) == 10_000  # 7.8 MB of MNIST digits
+    assert shuffle_buffer_size((224, 224, 3)) == 445  # 64 MiB of colour photos
+    assert shuffle_buffer_size((8192, 8192, 3)) == 1
+
+
+def test_the_pipelines_run_without_the_autotuning_model(prepared):
+    # Its thread made deleting each epoch's iterator wait seconds (data.pipeline_options).
     arrays = synthetic_arrays(train=50)
-    train = make_train_dataset(arrays["x_train"], arrays["y_train"], 16, seed=1)
-    evaluation = make_eval_dataset(arrays["x_train"], arrays["y_train"], 16)
-    assert train.options().autotune.enabled is False
-    assert evaluation.options().autotune.enabled is False
+    paths = records.split_files(prepared, "train")
+    pipelines = [
+        make_train_dataset(arrays["x_train"], arrays["y_train"], 16, seed=1),
+        stream_train_dataset(paths, (28, 28), 16, seed=1),
+        make_eval_dataset(paths, (28, 28), 200, 16),
+    ]
+    for dataset in pipelines:
+        assert dataset.options().autotune.enabled is False
+        assert dataset.options().deterministic is True
 
 
 def test_saved_model_round_trip_through_its_signature(tmp_path):
@@ -260,8 +312,9 @@ def test_saved_model_round_trip_through_its_signature(tmp_path):
     assert load_classifier(tmp_path / "model") is not None
 
 
-def test_train_learns(prepared, tmp_path):
-    run = train_stage.train(prepared, TINY, tmp_path / "checkpoints")
+@pytest.mark.parametrize("params", [TINY, STREAMED], ids=["in memory", "streamed"])
+def test_train_learns(prepared, tmp_path, params):
+    run = train_stage.train(prepared, params, tmp_path / "checkpoints")
     assert [row["epoch"] for row in run.history] == [1, 2]
     assert run.history[-1]["train_loss"] < run.history[0]["train_loss"]
     assert run.history[-1]["validation_accuracy"] > 0.5  # 10 classes: chance is 0.1
@@ -285,11 +338,14 @@ def test_an_epoch_is_whole_groups_and_the_cosine_schedule_ends_at_zero(prepared,
     assert learning_rates[1] == pytest.approx(0.0, abs=1e-9)
 
 
+@pytest.mark.parametrize("params", [TINY, STREAMED], ids=["in memory", "streamed"])
 def test_a_crashed_run_resumes_at_its_last_epoch_with_the_same_dvclive_files(
-    prepared, tmp_path, monkeypatch, capsys
+    prepared, tmp_path, monkeypatch, capsys, params
 ):
-    params = {**TINY, "epochs": 3}
+    params = {**params, "epochs": 3}
     uninterrupted = train_stage.train(prepared, params, tmp_path / "a", tmp_path / "live-a")
+    streamed = "streamed from their shards" in capsys.readouterr().out
+    assert streamed == (params["max_in_memory_mb"] == 0)
     expected = files(tmp_path / "live-a")
     summary = json.loads(expected["metrics.json"])
     assert summary["step"] == 3
@@ -320,6 +376,49 @@ def test_a_crashed_run_resumes_at_its_last_epoch_with_the_same_dvclive_files(
     assert files(tmp_path / "live-b") == expected
     resumed.checkpoints.remove()
     assert not resumed.checkpoints.directory.exists()
+
+
+def start_training(prepared, params, out, log):
+    """`python -m stages.train`, as dvc.yaml runs it, writing under `out`, its output to
+    `out`/`log`."""
+    command = [
+        *(sys.executable, "-m", "stages.train", str(prepared)),
+        *(str(out / "model"), str(out / "metrics"), "--params", str(params)),
+        *("--checkpoints", str(out / "checkpoints")),
+    ]
+    out.mkdir(exist_ok=True)
+    with (out / log).open("w") as file:
+        return subprocess.Popen(command, cwd=REPO, stdout=file, stderr=subprocess.STDOUT)
+
+
+def test_a_streamed_run_killed_mid_way_resumes_to_the_uninterrupted_model(prepared, tmp_path):
+    params = write_params(tmp_path / "params.yaml", **{**STREAMED, "epochs": 5})
+    uninterrupted = start_training(prepared, params, tmp_path / "uninterrupted", "log")
+    killed = start_training(prepared, params, tmp_path / "killed", "first.log")
+    try:
+        deadline = time.monotonic() + 120
+        while not any(saved_epoch(run) for run in (tmp_path / "killed/checkpoints").glob("*")):
+            assert killed.poll() is None, (tmp_path / "killed/first.log").read_text()
+            assert time.monotonic() < deadline, "no epoch saved in 120 s"
+            time.sleep(0.005)
+        killed.send_signal(signal.SIGKILL)
+        assert killed.wait(timeout=60) == -signal.SIGKILL
+        assert uninterrupted.wait(timeout=120) == 0, (tmp_path / "uninterrupted/log").read_text()
+    finally:
+        for process in (uninterrupted, killed):
+            process.kill()
+            process.wait()
+    first = (tmp_path / "killed/first.log").read_text()
+    assert "streamed from their shards" in first and "epoch 5/5" not in first, first
+    assert not (tmp_path / "killed/model").exists()
+    # Run again, as `dvc repro` would: it resumes after the last epoch saved.
+    resumed = start_training(prepared, params, tmp_path / "killed", "second.log")
+    assert resumed.wait(timeout=120) == 0, (tmp_path / "killed/second.log").read_text()
+    assert "train: resuming after epoch " in (tmp_path / "killed/second.log").read_text()
+    # The same SavedModel bytes and the same metrics as the uninterrupted run.
+    for output in ("model", "metrics"):
+        expected = files(tmp_path / "uninterrupted" / output)
+        assert expected and files(tmp_path / "killed" / output) == expected, output
 
 
 def test_dvclive_stays_offline_without_a_studio_token(tmp_path, monkeypatch):
