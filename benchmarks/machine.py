@@ -38,7 +38,7 @@ from pathlib import Path
 
 import yaml
 
-from loopline.files import write_json
+from loopline.files import read_file, read_json, run_stage, write_json
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -162,11 +162,20 @@ def write_results(
 
 
 def read_results(benchmark: str, root: Path = RESULTS) -> dict[str, dict]:
-    """Every machine's results of `benchmark`, by machine id, in the ids' order."""
-    return {
-        path.parent.name: json.loads(path.read_text())
-        for path in sorted(root.glob(f"*/{benchmark}.json"))
-    }
+    """Every machine's results of `benchmark`, by machine id, in the ids' order; a file
+    that is not a benchmark's results is one line naming it."""
+    results = {}
+    for path in sorted(root.glob(f"*/{benchmark}.json")):
+        fix = f"restore it with `git checkout -- {path}` or run `python -m benchmarks.{benchmark}`"
+        result = read_json(path, fix)
+        if not (
+            isinstance(result, dict)
+            and isinstance(result.get("machine"), dict)
+            and isinstance(result.get("date"), str)
+        ):
+            raise ValueError(f"{path}: not a benchmark's results (no date or machine); {fix}")
+        results[path.parent.name] = result
+    return results
 
 
 # The fields of `describe()` that stay the same from run to run on one kind of machine.
@@ -175,8 +184,14 @@ STABLE = ("id", "cpu_model", "instruction_set", "cores", "tensorflow", "keras")
 
 def train_fingerprint(lock: Path) -> str:
     """A hash of the train stage's output hashes in dvc.lock: other bits, another value."""
-    stage = yaml.safe_load(lock.read_text())["stages"]["train"]
-    hashes = sorted(f"{out['path']} {out['md5']}" for out in stage["outs"])
+    try:
+        stage = yaml.safe_load(read_file(lock, ""))["stages"]["train"]
+        hashes = sorted(f"{out['path']} {out['md5']}" for out in stage["outs"])
+    except (yaml.YAMLError, KeyError, TypeError) as error:
+        raise ValueError(
+            f"{lock}: no train stage's outputs in it ({type(error).__name__}); restore it with "
+            f"`git checkout -- {lock.name}`, or run `dvc repro`"
+        ) from None
     return hashlib.sha256("\n".join(hashes).encode()).hexdigest()[:16]
 
 
@@ -184,8 +199,12 @@ def record(path: Path, lock: Path = REPO / "dvc.lock") -> bool:
     """Write this machine's STABLE fields to `path` for the run dvc.lock names, unless
     `path` already names that run; return whether it wrote."""
     fingerprint = train_fingerprint(lock)
-    if path.exists() and json.loads(path.read_text()).get("train_outputs") == fingerprint:
-        return False
+    if path.exists() or path.is_symlink():
+        # Damaged, it cannot say which machine trained the run: only git can.
+        fix = f"restore it with `git checkout -- {path}` (delete it if this machine trained)"
+        recorded = read_json(path, fix)
+        if isinstance(recorded, dict) and recorded.get("train_outputs") == fingerprint:
+            return False
     described = describe()
     write_json(
         path, {"train_outputs": fingerprint, "machine": {key: described[key] for key in STABLE}}
@@ -210,4 +229,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

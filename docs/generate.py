@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import csv
 import itertools
-import json
 import re
 import sys
 import textwrap
@@ -37,7 +36,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script: loopline and benchmarks from this checkout
 
-from benchmarks.machine import read_results  # noqa: E402
+from benchmarks.machine import read_results as read_machine_results  # noqa: E402
+from loopline import files  # noqa: E402
 from loopline.params import SPECS  # noqa: E402
 
 # A marker is a line of its own: the same text inside a sentence is only quoted.
@@ -72,16 +72,63 @@ def render(text: str, where: str = "page") -> str:
         )
     if len(BLOCK.findall(text)) != len(names):
         raise ValueError(f"{where}: a `<!-- generated: NAME -->` without its end marker")
-    return BLOCK.sub(
-        lambda match: match[1] + GENERATORS[match[2]]().strip() + "\n" + match[4], text
-    )
+    return BLOCK.sub(lambda match: match[1] + generate(match[2]).strip() + "\n" + match[4], text)
+
+
+def generate(name: str) -> str:
+    """The block `name`; a committed file of the wrong shape (a key missing, a value of
+    another type) is one ValueError naming the files the block read."""
+    READ.clear()
+    try:
+        return GENERATORS[name]()
+    except (KeyError, TypeError, IndexError, AttributeError, StopIteration) as error:
+        read = ", ".join(dict.fromkeys(READ)) or "no file"
+        raise ValueError(
+            f"{read}: not as the pipeline and the benchmarks write them (block {name}: "
+            f"{type(error).__name__} {error}); restore them with `git checkout -- FILE`, or "
+            "re-create them (`dvc repro`, the benchmark)"
+        ) from None
 
 
 # Reading the committed files ---------------------------------------------------------------
 
 
+# The committed files the generator running now has read: a block whose files are not as
+# the pipeline and the benchmarks write them names them in one line (render).
+READ: list[str] = []
+
+
+def committed(path: str) -> Path:
+    """REPO / `path`, recorded as read by the block being generated."""
+    READ.append(path)
+    return REPO / path
+
+
+def restore(path: str) -> str:
+    return f"restore it with `git checkout -- {path}`"
+
+
 def read_json(path: str) -> dict:
-    return json.loads((REPO / path).read_text())
+    document = files.read_json(committed(path), restore(path))
+    if not isinstance(document, dict):
+        raise ValueError(
+            f"{path}: a JSON {type(document).__name__}, not an object; {restore(path)}"
+        )
+    return document
+
+
+def read_results(benchmark: str) -> dict[str, dict]:
+    """Every machine's results of `benchmark` (benchmarks/machine.py checks each file)."""
+    READ.append(f"benchmarks/results/*/{benchmark}.json")
+    return read_machine_results(benchmark)
+
+
+def read_yaml(path: str) -> dict:
+    try:
+        return yaml.safe_load(files.read_file(committed(path), restore(path)))
+    except yaml.YAMLError as error:
+        reason = " ".join(str(getattr(error, "problem", "") or "not YAML").split())
+        raise ValueError(f"{path}: malformed YAML ({reason}); {restore(path)}") from None
 
 
 def machine_words(machine: dict) -> str:
@@ -110,13 +157,17 @@ def run_words(result: dict) -> str:
 
 def last_row(plot: str) -> float:
     """The last value of one of DVCLive's TSV files under metrics/train/plots/metrics/."""
-    lines = (REPO / "metrics/train/plots/metrics" / plot).read_text().split()
-    return float(lines[-1])
+    path = f"metrics/train/plots/metrics/{plot}"
+    lines = files.read_file(committed(path), restore(path)).decode(errors="replace").split()
+    try:
+        return float(lines[-1])
+    except (IndexError, ValueError):
+        raise ValueError(f"{path}: its last row holds no number; {restore(path)}") from None
 
 
 def saved_model_bytes() -> int:
     """The size of train's SavedModel, as dvc.lock records it."""
-    outs = yaml.safe_load((REPO / "dvc.lock").read_text())["stages"]["train"]["outs"]
+    outs = read_yaml("dvc.lock")["stages"]["train"]["outs"]
     return next(out["size"] for out in outs if out["path"].startswith("models/"))
 
 
@@ -132,7 +183,7 @@ def percent(fraction: float) -> str:
 def params_with_comments() -> list[tuple[str, str, str]]:
     """(key, default as written, its comment) for each key of params.yaml, in order."""
     rows = []
-    for line in (REPO / "params.yaml").read_text().splitlines():
+    for line in files.read_file(committed("params.yaml"), "").decode().splitlines():
         match = re.match(r"(\w+):\s*(.*?)\s*(?:#\s*(.*))?$", line)
         if match:
             if not match[3]:
@@ -149,7 +200,7 @@ def default_run() -> str:
     """The committed run: test, TFLite and validation accuracy, and its machine."""
     evaluation, export = read_json("metrics/eval.json"), read_json("metrics/export.json")
     train = read_json("metrics/train/metrics.json")
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params = read_yaml("params.yaml")
     return "\n".join(
         [
             "| default run, `dvc repro` | value |",
@@ -318,8 +369,10 @@ def accuracy_by_machine() -> str:
 @generator
 def first_classes() -> str:
     """The classes the committed model gives the first five test images."""
-    with (REPO / "metrics/confusion.csv").open() as file:
-        predicted = [row["predicted"] for row in itertools.islice(csv.DictReader(file), 5)]
+    path = "metrics/confusion.csv"
+    text = files.read_file(committed(path), restore(path)).decode(errors="replace")
+    rows = csv.DictReader(text.splitlines())
+    predicted = [row["predicted"] for row in itertools.islice(rows, 5)]
     return prose(
         f"For the committed model, the first five test images' classes are "
         f"`[{' '.join(predicted)}]` (`metrics/confusion.csv`)."
@@ -349,7 +402,7 @@ def output_paths(stage: dict) -> list[str]:
 def pipeline_graph() -> str:
     """The stages as a Mermaid graph (GitHub draws it): an arrow where a stage reads what
     another writes, from dvc.yaml, as `dvc dag` draws them."""
-    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    stages = read_yaml("dvc.yaml")["stages"]
     edges = []
     for reader, stage in stages.items():
         for writer, other in stages.items():
@@ -376,7 +429,7 @@ def params() -> str:
 @generator
 def params_reference() -> str:
     """Each param: its default, the values `validate` accepts, the stages that read it."""
-    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    stages = read_yaml("dvc.yaml")["stages"]
     readers: dict[str, list[str]] = {}
     for name, stage in stages.items():
         # A key the command interpolates (${dataset}) re-runs the stage as one it lists does.

@@ -24,7 +24,7 @@ from typing import IO
 import numpy as np
 
 from loopline.dataset import IDX_NAMES, is_skipped
-from loopline.files import WriteError
+from loopline.files import WriteError, check_file
 
 ARRAYS = ("x_train", "y_train", "x_test", "y_test")
 # Arrays are copied and read this many bytes at a time.
@@ -48,6 +48,7 @@ def array_files(folder: Path, layout: str) -> dict[str, Path]:
             raise ValueError(
                 f"{folder}: {len(archives)} .npz files ({', '.join(archives)}); keep one"
             )
+        check_file(folder / archives[0], "replace it with the data set's .npz")
         return dict.fromkeys(ARRAYS, folder / archives[0])
     found = {}
     for (split, kind), pattern in IDX_NAMES.items():
@@ -61,6 +62,7 @@ def array_files(folder: Path, layout: str) -> dict[str, Path]:
                 f"({', '.join(matches) or 'none'}); expected one, such as {example}"
             )
         found[name] = folder / matches[0]
+        check_file(found[name], "replace it with the data set's IDX file")
     return found
 
 

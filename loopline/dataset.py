@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from loopline.files import check_file
 from loopline.params import load_mapping
 
 DESCRIPTION_FILE = "dataset.yaml"
@@ -129,9 +130,9 @@ DESCRIPTION_FIELDS = {
 def read_description(folder: Path) -> Description:
     """`folder`/dataset.yaml, checked; an empty Description when there is none."""
     path = folder / DESCRIPTION_FILE
-    if not path.exists():
+    if not (path.exists() or path.is_symlink()):  # a link that leads nowhere is refused
         return Description()
-    document = load_mapping(path, "")
+    document = load_mapping(path, "restore it, or remove it (docs/own-data.md)")
     for key, value in document.items():
         if key not in DESCRIPTION_FIELDS:
             raise ValueError(
@@ -199,8 +200,7 @@ def verify_checksums(folder: Path, checksums: dict[str, str]) -> None:
     """Raise unless each file named in dataset.yaml's checksums has that SHA-256."""
     for name, expected in sorted(checksums.items()):
         path = folder / name
-        inside = path.resolve().is_relative_to(folder.resolve())
-        if not inside or not path.is_file():
+        if not path.is_file() or not path.resolve().is_relative_to(folder.resolve()):
             raise FileNotFoundError(
                 f"{folder / DESCRIPTION_FILE}: checksums: {name!r:.60} is not a file in "
                 f"{folder}; remove it from checksums or restore the file"
@@ -233,14 +233,33 @@ class ImageFolder:
     labels: dict[str, np.ndarray]
 
 
-def _class_files(directory: Path) -> list[Path]:
-    """Every file under `directory`, recursively, sorted, skipping hidden and OS files."""
+def _class_files(directory: Path, above: tuple[Path, ...] = ()) -> list[Path]:
+    """Every file under `directory`, recursively, sorted, skipping hidden and OS files;
+    `above` holds the folders it is in, resolved (a link back to one of them loops)."""
     found = []
+    here = (*above, directory.resolve())
     for path in sorted(directory.iterdir()):
         if is_skipped(path.name):
             continue
-        found.extend(_class_files(path) if path.is_dir() else [path])
+        if path.is_dir():
+            if path.resolve() in here:
+                raise ValueError(f"{path}: a link to a folder it is in (a loop); remove it")
+            found.extend(_class_files(path, here))
+        elif path.is_file():
+            found.append(path)
+        else:  # a FIFO would block the decoder forever; a broken link has no image
+            check_file(path, "remove it, or put the image there")
     return found
+
+
+def _is_utf8(name: str) -> bool:
+    """Whether a file name decoded from the file system is valid UTF-8 (Python keeps other
+    bytes as lone surrogates, which no UTF-8 file can hold)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _split_folder(folder: Path, split: str) -> dict[str, list[Path]]:
@@ -257,6 +276,8 @@ def _split_folder(folder: Path, split: str) -> dict[str, list[Path]]:
             )
         if _CONTROL.search(path.name):
             raise ValueError(f"{path}: a class folder name with a control character; rename it")
+        if not _is_utf8(path.name):  # names travel to JSON, the model card and predict's output
+            raise ValueError(f"{path}: a class folder name that is not UTF-8 text; rename it")
         classes[path.name] = _class_files(path)
         if not classes[path.name]:
             raise ValueError(
@@ -309,7 +330,10 @@ def list_images(folder: Path, description: Description) -> ImageFolder:
             "image files are read as they are shown: remove it"
         )
     splits = {"train": train}
-    if (folder / "test").is_dir():
+    test = folder / "test"
+    if (test.exists() or test.is_symlink()) and not test.is_dir():
+        raise ValueError(f"{test}: not a folder; the test images go in test/<class>/")
+    if test.is_dir():
         if description.test_size is not None:
             raise ValueError(
                 f"{folder / DESCRIPTION_FILE}: test_size: given, but {folder / 'test'} holds "

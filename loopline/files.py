@@ -1,8 +1,10 @@
-"""Small helpers the stages share: all-or-nothing outputs and the command-line boundary."""
+"""Small helpers the stages share: all-or-nothing outputs, reading back what a stage wrote,
+and the command-line boundary."""
 
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import shutil
@@ -39,7 +41,8 @@ class Interrupted(BaseException):
         self.signum = signum
 
 
-def _remove(path: Path) -> None:
+def remove_path(path: Path) -> None:
+    """Remove the file, link or folder (with what it holds) at `path`, if any."""
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)
     elif path.exists() or path.is_symlink():
@@ -80,15 +83,15 @@ def atomic_output(target: str | Path) -> Iterator[Path]:
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     for leftover in target.parent.glob(f".{target.name}.tmp-*"):
-        _remove(leftover)  # from a process that was killed before it could clean up
+        remove_path(leftover)  # from a process that was killed before it could clean up
     temporary = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     try:
         yield temporary
         if temporary.is_dir():
-            _remove(target)  # os.replace cannot replace a non-empty directory
+            remove_path(target)  # os.replace cannot replace a non-empty directory
         os.replace(temporary, target)
     except BaseException as error:
-        _remove(temporary)
+        remove_path(temporary)
         failed = write_error(error, target) if isinstance(error, Exception) else None
         if failed is None:
             raise
@@ -101,6 +104,109 @@ def write_json(path: str | Path, document: Any) -> None:
     """Write `document` as indented JSON, atomically."""
     with atomic_output(path) as temporary:
         temporary.write_text(json.dumps(document, indent=2) + "\n")
+
+
+# Reading what a stage wrote earlier ----------------------------------------------------------
+# A file a stage reads back may have been damaged since: cut short by a full disk or an
+# interrupted copy, edited by hand, replaced by a folder or a link that leads nowhere, made
+# unreadable. Each reader turns that into one line naming the file and `fix`.
+
+
+def _then(fix: str) -> str:
+    return f"; {fix}" if fix else ""
+
+
+def _not_a_file(path: Path) -> str:
+    """Why `path` cannot be read as a file, in a few words."""
+    if path.is_symlink() and not path.exists():
+        return "a symbolic link that leads nowhere (its target is missing, or it loops)"
+    if path.is_dir():
+        return "a folder where a file should be"
+    if path.exists():
+        return "not a regular file"  # a FIFO would block the reader forever
+    return "no such file"
+
+
+def check_file(path: Path, fix: str) -> None:
+    """Raise unless `path` is a regular file (through links); FileNotFoundError when it is
+    missing, ValueError when something else is in its place or it cannot be looked at."""
+    try:
+        if path.is_file():
+            return
+        reason = _not_a_file(path)
+    except OSError as error:  # a folder on the way that may not be searched, say
+        raise ValueError(f"{path}: cannot be read ({error.strerror}){_then(fix)}") from None
+    kind = FileNotFoundError if reason == "no such file" else ValueError
+    raise kind(f"{path}: {reason}{_then(fix)}")
+
+
+def read_file(path: Path, fix: str) -> bytes:
+    """The bytes of the file at `path`, or one line naming it, what is wrong and `fix`."""
+    check_file(path, fix)
+    try:
+        return path.read_bytes()
+    except OSError as error:  # permission denied, an I/O error of the disk, ...
+        raise ValueError(f"{path}: cannot be read ({error.strerror}){_then(fix)}") from None
+
+
+def file_sha256(path: Path, fix: str) -> str:
+    """The SHA-256 (hex) of the file at `path`, or one line as read_file says."""
+    check_file(path, fix)
+    try:
+        with path.open("rb") as file:
+            return hashlib.file_digest(file, "sha256").hexdigest()
+    except OSError as error:
+        raise ValueError(f"{path}: cannot be read ({error.strerror}){_then(fix)}") from None
+
+
+def read_json(path: Path, fix: str) -> Any:
+    """The JSON document in the file at `path`; damaged (cut short, not JSON, not UTF-8,
+    nested too deep): one ValueError naming the file and `fix`. Its shape is the caller's
+    to check."""
+    data = read_file(path, fix)
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError) as error:
+        reason = str(error).splitlines()[0][:120] if str(error) else type(error).__name__
+        if not data:
+            reason = "an empty file"
+        raise ValueError(f"{path}: not valid JSON ({reason}){_then(fix)}") from None
+
+
+# A JSON file that one stage writes and another reads back carries the SHA-256 of its own
+# content under this key: a value changed since (a flipped bit that still parses, a hand
+# edit) is refused, not used. Canonical JSON (sorted keys, no spaces) is hashed, so the
+# file's layout does not matter.
+SEAL = "sha256"
+
+
+def _content_sha256(document: dict) -> str:
+    content = {key: value for key, value in document.items() if key != SEAL}
+    canonical = json.dumps(content, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def seal(document: dict) -> dict:
+    """`document` with the SHA-256 of its content (SEAL), for read_sealed_json to check."""
+    return {**document, SEAL: _content_sha256(document)}
+
+
+def read_sealed_json(path: Path, fix: str) -> dict:
+    """The JSON object in `path` as seal() wrote it (without SEAL), its SHA-256 checked."""
+    document = read_json(path, fix)
+    if not isinstance(document, dict):
+        kind = type(document).__name__
+        raise ValueError(f"{path}: a JSON {kind}, expected an object{_then(fix)}")
+    try:
+        intact = document.get(SEAL) == _content_sha256(document)
+    except RecursionError:  # nested deeper than any file written here
+        intact = False
+    if not intact:
+        raise ValueError(
+            f"{path}: its content does not match its {SEAL} (damaged or edited since it was "
+            f"written){_then(fix)}"
+        )
+    return {key: value for key, value in document.items() if key != SEAL}
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -8,6 +8,7 @@ leave pixels for (loopline/sizes.py counts its weights without TensorFlow).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import uuid
@@ -19,6 +20,7 @@ from keras import layers
 from tensorflow.core.protobuf import fingerprint_pb2, saved_model_pb2
 from tensorflow.python.saved_model.pywrap_saved_model import fingerprinting
 
+from loopline.files import seal
 from loopline.params import dispatch_table
 
 # MNIST's images and classes: the shape the models build for when none is given.
@@ -241,12 +243,35 @@ def export_saved_model(model: keras.Model, directory: str | Path, card: dict | N
         shape = tuple(model.input_shape[1:])
         classes = [str(index) for index in range(model.output_shape[-1])]
         card = model_card(classes, "resize", "", shape)
+    write_card(Path(directory), card)
+
+
+def write_card(directory: Path, card: dict) -> None:
+    """Write `card` to the SavedModel at `directory` as assets.extra/loopline.json, with
+    the SHA-256 of each of its files (`files`) and of the card's own content (`sha256`).
+
+    Its readers (loopline/savedmodel.py) check them, and so refuse a file damaged or
+    replaced since, which TensorFlow would load as it is (a variables.index and data of
+    another model of the same layers) or fail on with a long traceback.
+    """
+    written = sorted(
+        path
+        for path in directory.rglob("*")
+        if path.is_file() and path.parent.name != Path(CARD).parent.name
+    )
+    files = {path.relative_to(directory).as_posix(): _sha256(path) for path in written}
+    card = seal({**card, "files": files})
     # assets.extra/ is the SavedModel format's place for "higher-level libraries and
     # users" (TF Serving keeps its warm-up requests there): no loader reads it, so the
     # graph, the signature and every converter stay as they were.
-    path = Path(directory) / CARD
-    path.parent.mkdir()
+    path = directory / CARD
+    path.parent.mkdir(exist_ok=True)
     path.write_text(json.dumps(card, indent=2, ensure_ascii=False) + "\n")
+
+
+def _sha256(path: Path) -> str:
+    with path.open("rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()
 
 
 # A function name that ends in a count taken from a process-wide counter.

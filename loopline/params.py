@@ -17,6 +17,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+from loopline.files import read_file
+
 # The names each choice param accepts, listed once, here: pure Python, so that params.yaml
 # is checked without importing TensorFlow. The code that dispatches on a name builds its
 # table with dispatch_table, which refuses a table whose names differ from these.
@@ -181,10 +183,11 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 def load_mapping(path: Path, fix: str) -> dict[Any, Any]:
     """The YAML mapping in `path`, with no key given twice; `fix` ends the message when the
     file is missing. Values are not checked."""
-    if not path.is_file():
+    if not (path.exists() or path.is_symlink()):
         raise FileNotFoundError(f"{path}: no such file; {fix}")
+    data = read_file(path, fix)  # a folder, a link that leads nowhere, unreadable: one line
     try:
-        text = path.read_bytes().decode("utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as error:
         raise ValueError(
             f"{path}: not UTF-8 text (byte {error.object[error.start]:#04x} at offset "
@@ -200,7 +203,8 @@ def load_mapping(path: Path, fix: str) -> dict[Any, Any]:
         problem = getattr(error, "problem", None) or "not valid YAML"
         raise ValueError(f"{path}: malformed YAML{where}: {' '.join(problem.split())}") from None
     if not isinstance(document, dict):
-        raise ValueError(f"{path}: expected a mapping of key: value, got {type(document).__name__}")
+        got = "an empty file" if document is None else type(document).__name__
+        raise ValueError(f"{path}: expected a mapping of key: value, got {got}")
     return document
 
 

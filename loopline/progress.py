@@ -22,6 +22,8 @@ from typing import TextIO
 from dvclive import Live
 from tqdm import tqdm
 
+from loopline.files import remove_path
+
 # The history's columns, as DVCLive names them (metrics.json nests them at the "/").
 LIVE_NAMES = {
     "train_loss": "train/loss",
@@ -84,6 +86,9 @@ def open_live(directory: Path) -> Live:
     """
     if "DVC_STUDIO_TOKEN" not in os.environ:
         os.environ["DVC_STUDIO_OFFLINE"] = "true"
+    # DVCLive deletes its previous files itself, and fails with a traceback on one that a
+    # folder replaced (or a file in place of its folder): the run's files go first, whole.
+    remove_path(directory)
     return Live(dir=str(directory), dvcyaml=False, save_dvc_exp=False)
 
 

@@ -4,13 +4,12 @@ One `tf.train.Example` per image: `image` holds its raw uint8 pixels (row-major;
 images, R, G, B per pixel) and `label` its class index. Shards are GZIP-compressed (an MNIST
 digit: 175 bytes instead of 838) and named `{split}-{index:05d}-of-{count:05d}.tfrecord.gz`.
 meta.json beside them says what the pixels are (the image shape, the class names) and
-lists each split's shards with their SHA-256.
+lists each split's shards with their SHA-256; it holds the SHA-256 of its own content too
+(files.seal). Readers check both before they use anything (read_meta, verify_shards).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
 from collections.abc import Iterable, Iterator
@@ -22,6 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from loopline.dataset import FRAMINGS
+from loopline.files import check_file, file_sha256, read_sealed_json
 
 SPLITS = ("train", "validation", "test")
 COMPRESSION = "GZIP"
@@ -145,18 +145,12 @@ def rebatch(
 
 
 def read_meta(directory: str | Path) -> dict:
-    """The prepared data's meta.json, as prepare wrote it (a mapping; not yet checked)."""
+    """The prepared data's meta.json, as prepare wrote it: its seal checked (a value changed
+    since is refused), its fields not yet."""
     path = Path(directory) / "meta.json"
-    if not path.is_file():
+    if not (path.exists() or path.is_symlink()):
         raise FileNotFoundError(f"{path}: no such file; run `dvc repro prepare` to create it")
-    try:
-        meta = json.loads(path.read_bytes())
-    except (ValueError, RecursionError) as error:  # bad JSON, not UTF-8, nested too deep
-        reason = str(error).splitlines()[0][:120] if str(error) else type(error).__name__
-        raise ValueError(f"{path}: not valid JSON ({reason}); {_REMAKE}") from None
-    if not isinstance(meta, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(meta).__name__}; {_REMAKE}")
-    return meta
+    return read_sealed_json(path, f"restore it with `dvc checkout {path.parent}` or {_REMAKE}")
 
 
 # The fix for prepared data that is not what prepare wrote.
@@ -293,18 +287,15 @@ def verify_shards(shards: dict[Path, str]) -> None:
     about 1-2 GB/s; the page cache then serves the read that parses them.
     """
     for path, expected in shards.items():
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"{path}: missing shard listed in meta.json; restore it with "
-                f"`dvc checkout {path.parent}` or {_REMAKE}"
-            )
+        restore = f"restore it with `dvc checkout {path.parent}` or {_REMAKE}"
+        if not (path.exists() or path.is_symlink()):
+            raise FileNotFoundError(f"{path}: missing shard listed in meta.json; {restore}")
+        check_file(path, restore)  # a folder, a link that leads nowhere, a FIFO, ...
         if not _inside(path, path.parent):
             raise ValueError(
                 f"{path}: a link to {path.resolve()}, outside {path.parent}; {_REMAKE}"
             )
-        with path.open("rb") as file:
-            actual = hashlib.file_digest(file, "sha256").hexdigest()
-        if actual != expected:
+        if file_sha256(path, restore) != expected:
             raise ValueError(
                 f"{path}: its SHA-256 is not the one in meta.json (the shard changed after "
                 f"prepare wrote it); restore it with `dvc checkout {path.parent}` or {_REMAKE}"

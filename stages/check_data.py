@@ -4,7 +4,8 @@ Reads  data/raw/<dataset>/: every image decoded (or every array read through), i
        dataset.yaml if any, the checksums it lists.
 Writes data/dataset.json: the data set's layout, class names, image shape, its default
        validation size and the examples of each class per split, for validate (which
-       checks params.yaml against them without reading the data) and for people.
+       checks params.yaml against them without reading the data) and for people; with
+       the SHA-256 of its content, which validate checks.
 Run    dvc repro check_data
        (python -m stages.check_data data/raw/mnist data/dataset.json)
 
@@ -20,7 +21,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from loopline.files import run_stage, write_json
+from loopline.files import run_stage, seal, write_json
 from loopline.survey import Survey, survey
 
 PARAMS = ()
@@ -29,7 +30,7 @@ PARAMS = ()
 def check_data(folder: Path, out: Path) -> Survey:
     """Check the data set in `folder`; write its summary to `out`."""
     found = survey(folder)
-    write_json(out, found.to_json())
+    write_json(out, seal(found.to_json()))
     counts = ", ".join(f"{found.splits[split]['examples']:,} {split}" for split in found.splits)
     shape = "x".join(map(str, found.shape[1::-1]))  # width x height, as image viewers say
     colour = "colour" if len(found.shape) == 3 else "grey"

@@ -33,7 +33,7 @@ from PIL import Image, ImageDraw, ImageFont
 from loopline import records
 from loopline.files import atomic_output, run_stage, write_json
 from loopline.params import load_params
-from loopline.savedmodel import classify, load_card, load_classifier
+from loopline.savedmodel import check_fits, classify, load_card, load_classifier
 
 PARAMS = ("eval_batch_size",)
 
@@ -264,12 +264,7 @@ def main() -> None:
     classifier = load_classifier(arguments.model)
     card = load_card(arguments.model, classifier)
     data = records.data_meta(arguments.data)
-    if card.classes != data.classes or card.shape != data.shape:
-        raise ValueError(
-            f"{arguments.model}: a model of {len(card.classes)} classes for images of "
-            f"{list(card.shape)}, but {arguments.data} holds {len(data.classes)} classes of "
-            f"{list(data.shape)} (another data set); run `dvc repro` to train on this one"
-        )
+    check_fits(arguments.model, card, arguments.data, data.classes, data.shape)
     classes = list(data.classes)
     results = evaluate_test_split(classifier, arguments.data, params["eval_batch_size"])
     labels, predictions = results.labels, results.predictions

@@ -38,7 +38,7 @@ from ai_edge_litert.interpreter import Interpreter
 from loopline import records
 from loopline.files import atomic_output, run_stage, write_json
 from loopline.params import dispatch_table, load_params
-from loopline.savedmodel import classify, load_classifier
+from loopline.savedmodel import check_fits, classify, load_card, load_classifier
 
 PARAMS = ("quantization", "eval_batch_size")
 
@@ -137,12 +137,17 @@ def classify_test_split(runner, classifier, data: Path, batch_size: int) -> dict
 def export(model: Path, data: Path, tflite: Path, params: dict) -> tuple[dict, dict]:
     """Convert, write `tflite` and test it; returns its metrics, and what is only printed:
     the SavedModel's accuracy, the share of test images both classify alike, the latency."""
-    classifier = load_classifier(model)  # a missing or foreign model: one line, first
+    # A missing, damaged or foreign model: one line, before anything is written.
+    classifier = load_classifier(model)
+    meta = records.data_meta(data)
+    check_fits(model, load_card(model, classifier), data, meta.classes, meta.shape)
     content = convert(model, data, params["quantization"])
     with atomic_output(tflite) as temporary:
         temporary.write_bytes(content)
-    runner = Interpreter(model_content=content).get_signature_runner("serving_default")
-    tested = classify_test_split(runner, classifier, data, params["eval_batch_size"])
+        # Tested as written, from the file a device will load; damaged test data is
+        # refused here, before the file takes the place of the previous one.
+        runner = Interpreter(str(temporary)).get_signature_runner("serving_default")
+        tested = classify_test_split(runner, classifier, data, params["eval_batch_size"])
     labels, classes, savedmodel = tested["labels"], tested["tflite"], tested["savedmodel"]
     # Two columns in `dvc metrics show` and `dvc exp show`, named apart from evaluate's
     # `accuracy` (a shared name would make DVC print both with their full paths).

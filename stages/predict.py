@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from loopline.files import run_stage
+from loopline.files import check_file, run_stage
 from loopline.images import load_image
 from loopline.params import load_params
 from loopline.savedmodel import Card, load_card, load_classifier, predict
@@ -49,8 +49,7 @@ BATCH_SIZE = 256
 
 def read_image(path: Path) -> np.ndarray:
     """The image at `path` as grayscale uint8 [height, width], as it is (no resizing)."""
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file")
+    check_file(path, "")  # missing, a folder, a FIFO (which would block): one line
     return load_image(path, None, 1)
 
 
@@ -119,8 +118,7 @@ def prepare_image(path: Path, card: Card) -> np.ndarray:
     """The image at `path` as the model takes it (see the module's docstring)."""
     if card.framing == "digit":
         return to_mnist(read_image(path), card.shape[:2])
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file")
+    check_file(path, "")
     return load_image(path, card.shape[:2], 3 if len(card.shape) == 3 else 1)
 
 

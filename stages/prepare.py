@@ -5,7 +5,7 @@ Reads  data/raw/<dataset>/ (images in train/<class>/ and test/<class>/, an .npz,
        from params.yaml.
 Writes data/prepared/{train,validation,test}-NNNNN-of-NNNNN.tfrecord.gz and
        data/prepared/meta.json (the class names, the image shape, examples and class
-       counts per split, shard hashes).
+       counts per split, shard hashes, and the SHA-256 of its own content).
 Run    dvc repro prepare
        (python -m stages.prepare data/raw/mnist data/prepared)
 
@@ -37,7 +37,7 @@ import numpy as np
 
 from loopline import records
 from loopline.dataset import validation_count
-from loopline.files import atomic_output, run_stage, write_json
+from loopline.files import atomic_output, run_stage, seal, write_json
 from loopline.params import load_params
 from loopline.survey import load
 
@@ -120,7 +120,7 @@ def prepare(raw_dir: Path, out_dir: Path, params: dict) -> dict:
         }
         del data, train_images, splits  # unmap the copies before removing them
         shutil.rmtree(scratch)
-        write_json(temporary / "meta.json", meta)
+        write_json(temporary / "meta.json", seal(meta))
     return meta
 
 

@@ -9,7 +9,8 @@ Writes models/<dataset>: a SavedModel whose serving_default takes uint8 images [
        `dvc metrics show` follow a running experiment): metrics.json holds the last epoch's
        train and validation loss and accuracy, plots/metrics/ one TSV per metric.
 Keeps  .checkpoints/<key>/: the last finished epoch, so a killed run resumes there
-       (loopline/checkpoints.py); removed once the model is written. Under `multi_worker`
+       (loopline/checkpoints.py); removed once the model is written. A damaged one is
+       named in one line and the run starts afresh. Under `multi_worker`
        each worker keeps its last two, and only the chief writes the outputs.
 Run    dvc repro train
 """

@@ -27,7 +27,7 @@ import json
 from pathlib import Path
 
 from loopline.dataset import validation_count
-from loopline.files import atomic_output, run_stage
+from loopline.files import atomic_output, read_sealed_json, run_stage
 from loopline.params import SPECS, check_params, check_train_params, read_document
 from loopline.sizes import check_model_size
 
@@ -47,17 +47,42 @@ def stage_keys(module_path: Path) -> tuple[str, ...]:
     raise ValueError(f"{module_path}: no PARAMS = (...) tuple of the params it reads")
 
 
+def _is_count(value: object, least: int = 0) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
+def summary_problem(summary: object) -> str:
+    """What in `summary` is not as check_data writes it ("" if nothing): the values that
+    validate reads, and their types."""
+    if not isinstance(summary, dict):
+        return f"a JSON {type(summary).__name__}, expected an object"
+    classes, shape, splits = (summary.get(key) for key in ("classes", "shape", "splits"))
+    train = splits.get("train") if isinstance(splits, dict) else None
+    checks = {
+        "dataset": isinstance(summary.get("dataset"), str),
+        "classes": isinstance(classes, list)
+        and len(classes) >= 2
+        and all(isinstance(name, str) for name in classes),
+        "shape": isinstance(shape, list)
+        and len(shape) in (2, 3)
+        and all(_is_count(side, 1) for side in shape)
+        and shape[2:] in ([], [3]),
+        "validation_size": _is_count(summary.get("validation_size"), 1),
+        "splits.train.examples": isinstance(train, dict) and _is_count(train.get("examples"), 1),
+    }
+    wrong = [key for key, right in checks.items() if not right]
+    return f"{wrong[0]} is missing or of the wrong type" if wrong else ""
+
+
 def read_summary(path: Path) -> dict:
-    """check_data's summary of the data set (written by this project: checked lightly)."""
-    if not path.is_file():
+    """check_data's summary of the data set, checked to be what check_data writes."""
+    if not (path.exists() or path.is_symlink()):
         raise FileNotFoundError(f"{path}: no such file; run `dvc repro check_data`")
-    try:
-        summary = json.loads(path.read_bytes())
-        summary["splits"]["train"]["examples"], summary["classes"], summary["shape"]
-    except (ValueError, TypeError, KeyError):
-        raise ValueError(
-            f"{path}: not check_data's summary; run `dvc repro -f check_data`"
-        ) from None
+    fix = "re-create it with `dvc repro -f check_data`"
+    summary = read_sealed_json(path, fix)
+    problem = summary_problem(summary)
+    if problem:
+        raise ValueError(f"{path}: not check_data's summary ({problem}); {fix}")
     return summary
 
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from loopline import records
+from loopline.files import seal
 from loopline.survey import load
 from stages.prepare import prepare
 from tests.conftest import PREPARE_PARAMS as PARAMS
@@ -234,6 +235,6 @@ def test_example_count_disagreeing_with_meta(prepared):
     meta = records.read_meta(prepared)
     meta["splits"]["test"]["examples"] = 61
     meta["splits"]["test"]["class_counts"][0] += 1  # consistent with the count, so far
-    (prepared / "meta.json").write_text(json.dumps(meta))
+    (prepared / "meta.json").write_text(json.dumps(seal(meta)))
     with pytest.raises(ValueError, match="60 test examples, but meta.json says 61"):
         records.load_split(prepared, "test")

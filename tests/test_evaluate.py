@@ -1,6 +1,7 @@
 """evaluate: metrics against Keras' own metrics, models it must refuse, the mistakes grid."""
 
 import csv
+import json
 
 import keras
 import numpy as np
@@ -9,8 +10,8 @@ import tensorflow as tf
 from PIL import Image
 
 from loopline import records
-from loopline.model import build_model, export_saved_model
-from loopline.savedmodel import load_classifier, predict
+from loopline.model import build_model, export_saved_model, model_card, write_card
+from loopline.savedmodel import CARD, load_classifier, predict
 from stages.evaluate import (
     GRID_COLUMNS,
     HEADER_HEIGHT,
@@ -104,10 +105,15 @@ def test_missing_model(tmp_path):
 
 
 def test_damaged_model(tmp_path):
-    export_saved_model(build_model("tutorial"), tmp_path / "model")
-    (tmp_path / "model" / "saved_model.pb").write_bytes(b"garbage")
+    model = tmp_path / "model"
+    export_saved_model(build_model("tutorial"), model)
+    (model / "saved_model.pb").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="saved_model.pb: its SHA-256 is not the one assets.extra"):
+        load_classifier(model)
+    # Even with a model card that vouches for it, TensorFlow's refusal is one line.
+    write_card(model, json.loads((model / CARD).read_text()))
     with pytest.raises(ValueError, match="not a loadable SavedModel"):
-        load_classifier(tmp_path / "model")
+        load_classifier(model)
 
 
 def test_model_with_another_signature(tmp_path):
@@ -118,6 +124,7 @@ def test_model_with_another_signature(tmp_path):
     )
     signatures = {"serving_default": module.serve}
     tf.saved_model.save(module, str(tmp_path / "model"), signatures=signatures)
+    write_card(tmp_path / "model", model_card([str(n) for n in range(10)], "resize", "", (28, 28)))
     with pytest.raises(ValueError, match="expected images: uint8"):
         load_classifier(tmp_path / "model")
 

@@ -200,7 +200,10 @@ def test_generated_meta_documents_are_accepted_or_refused_in_one_line(
     if not directory.exists():
         shutil.copytree(clean_prepared, directory)
     meta = _replace(records.read_meta(clean_prepared), where, value)
-    (directory / "meta.json").write_text(json.dumps(meta))
+    # Sealed as prepare seals it: the checks of each field are what is tested.
+    (directory / "meta.json").write_text(
+        json.dumps(files.seal(meta) if isinstance(meta, dict) else meta)
+    )
     try:
         _, labels = records.load_split(directory, "test")
     except (ValueError, FileNotFoundError) as error:
@@ -228,7 +231,7 @@ def test_generated_meta_documents_are_accepted_or_refused_in_one_line(
 def test_meta_with_wrong_types_or_names_is_one_line(prepared_copy, change, message):
     meta = records.read_meta(prepared_copy)
     change(meta["splits"]["test"])
-    (prepared_copy / "meta.json").write_text(json.dumps(meta))
+    (prepared_copy / "meta.json").write_text(json.dumps(files.seal(meta)))
     with pytest.raises(ValueError, match=f"meta.json: {message}.*dvc repro -f prepare"):
         records.load_split(prepared_copy, "test")
 
@@ -255,7 +258,7 @@ def test_shifted_labels_with_a_matching_hash_still_fail_the_class_counts(prepare
     _rewrite_with_shifted_labels(shard, count=5)  # all shifted would keep these even counts
     meta = records.read_meta(prepared_copy)
     meta["splits"]["test"]["shards"][shard.name] = hashlib.sha256(shard.read_bytes()).hexdigest()
-    (prepared_copy / "meta.json").write_text(json.dumps(meta))
+    (prepared_copy / "meta.json").write_text(json.dumps(files.seal(meta)))
     with pytest.raises(ValueError, match="test labels' class counts differ from meta.json's"):
         records.load_split(prepared_copy, "test")
 

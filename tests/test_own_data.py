@@ -22,6 +22,7 @@ from PIL import Image
 from loopline import images as images_module
 from loopline import records
 from loopline.dataset import validation_count
+from loopline.files import seal
 from loopline.survey import survey
 from stages import predict
 from stages.check_data import check_data
@@ -456,7 +457,7 @@ def test_validate_checks_params_against_the_data(tmp_path):
         validate(path, tmp_path / "dataset.json", tmp_path / "checked", modules)
     summary = json.loads((tmp_path / "dataset.json").read_text())
     summary["shape"] = [224, 224, 3]
-    (tmp_path / "dataset.json").write_text(json.dumps(summary))
+    (tmp_path / "dataset.json").write_text(json.dumps(seal(summary)))
     with pytest.raises(ValueError, match="model: tutorial would hold .* choose model: convnet"):
         run(validation_size=None, batch_size=8, steps_per_execution=1)
     assert validation_count(0.25, 5000, 100) == 25 and validation_count(None, None, 100) == 10

@@ -592,7 +592,7 @@ def test_a_full_disk_while_saving_a_checkpoint_is_one_line_and_leaves_no_files(
 
     monkeypatch.setattr(checkpoints.manager, "save", save_on_a_full_disk)
     with pytest.raises(OSError) as error:
-        checkpoints.save(run.history * 2)
+        checkpoints.save([*run.history, {**run.history[0], "epoch": 2}])
     assert error.value.errno == errno.ENOSPC
     assert error.value.filename == str(checkpoints.directory)
     assert "No space left on device" in error.value.strerror
