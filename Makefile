@@ -52,13 +52,19 @@ pictures: $(STAMP)
 docs: $(STAMP)
 	python docs/generate.py
 
-# The strongest-fastest recipe: the `fast` model (loopline/model.py), 5 epochs of batch 128
-# with a one-cycle schedule peaking at 0.004, without XLA (max pooling has no deterministic
-# XLA gradient: params.py refuses the combination); docs/research-log.md says how it was
-# chosen. `make best` replaces an experiment named best, if any; `make print-best` prints the
-# overrides (benchmarks/time_to_accuracy.py reads them).
-BEST := -S model=fast -S epochs=5 -S batch_size=128 -S learning_rate=0.004 \
-	-S learning_rate_schedule=onecycle -S jit_compile=false
+# The strongest-fastest recipe: the `fast` model (loopline/model.py), 3 epochs of batch 128
+# with a one-cycle schedule peaking at 0.006, Adam's beta_2 at 0.99 and label smoothing 0.1,
+# without XLA (max pooling has no deterministic XLA gradient: params.py refuses the
+# combination), one step per call (without XLA, more steps per program only lengthen the
+# first trace). Mixed bfloat16 where the CPU has AMX, the bfloat16 matrix units that make
+# it 2x as fast as float32; without them bfloat16 is slower (1.8x, AMX turned off), so
+# float32. docs/research-log.md says how it was chosen. `make best` replaces an experiment
+# named best, if any; `make print-best` prints the overrides (benchmarks/time_to_accuracy.py
+# reads them).
+BEST_PRECISION := $(shell grep -qs amx_bf16 /proc/cpuinfo && echo mixed_bfloat16 || echo float32)
+BEST := -S model=fast -S epochs=3 -S batch_size=128 -S learning_rate=0.006 \
+	-S learning_rate_schedule=onecycle -S adam_beta_2=0.99 -S label_smoothing=0.1 \
+	-S precision=$(BEST_PRECISION) -S jit_compile=false -S steps_per_execution=1
 best: $(STAMP)
 	dvc exp remove best 2>/dev/null || true
 	dvc exp run -n best $(BEST)

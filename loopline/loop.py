@@ -49,12 +49,16 @@ class Trainer:
         global_batch_size: int,
         jit_compile: bool,
         steps_per_execution: int = 1,
+        label_smoothing: float = 0.0,
     ) -> None:
         self.model, self.optimizer, self.strategy = model, optimizer, strategy
         self.global_batch_size = global_batch_size
         self.steps_per_execution = steps_per_execution
         self.loss_function = keras.losses.SparseCategoricalCrossentropy(
             from_logits=True, reduction=None
+        )
+        self.train_loss_function = (
+            smoothed_cross_entropy(label_smoothing) if label_smoothing else self.loss_function
         )
         self.train_loss = keras.metrics.Mean(name="train_loss")
         self.train_accuracy = keras.metrics.SparseCategoricalAccuracy(name="train_accuracy")
@@ -70,8 +74,10 @@ class Trainer:
     def train_step(self, images: tf.Tensor, labels: tf.Tensor) -> None:
         """The tutorial's step, on one replica's share of the global batch."""
         with tf.GradientTape() as tape:
-            logits = self.model(images, training=True)
-            per_example_loss = self.loss_function(labels, logits)
+            # Under mixed precision the model computes in bfloat16: the loss and the
+            # metrics take float32 logits.
+            logits = tf.cast(self.model(images, training=True), tf.float32)
+            per_example_loss = self.train_loss_function(labels, logits)
             # Summed over the replicas, these shares make the global batch's mean loss.
             loss = tf.nn.compute_average_loss(
                 per_example_loss, global_batch_size=self.global_batch_size
@@ -93,7 +99,7 @@ class Trainer:
         self.strategy.run(self.compiled_train_steps, args=(batches,))
 
     def eval_step(self, images: tf.Tensor, labels: tf.Tensor, weights: tf.Tensor) -> None:
-        logits = self.model(images, training=False)
+        logits = tf.cast(self.model(images, training=False), tf.float32)
         self.eval_loss.update_state(self.loss_function(labels, logits), sample_weight=weights)
         self.eval_accuracy.update_state(labels, logits, sample_weight=weights)
 
@@ -119,6 +125,19 @@ class Trainer:
     def is_chief(self) -> bool:
         """Whether this process writes the outputs: all but non-chief workers do."""
         return self.strategy.extended.should_checkpoint
+
+
+def smoothed_cross_entropy(label_smoothing: float):
+    """Per-example cross-entropy against targets with `label_smoothing` of the probability
+    spread evenly over the classes, the rest on the true one (Szegedy et al. 2016)."""
+    categorical = keras.losses.CategoricalCrossentropy(
+        from_logits=True, label_smoothing=label_smoothing, reduction=None
+    )
+
+    def loss(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
+        return categorical(tf.one_hot(labels, tf.shape(logits)[-1]), logits)
+
+    return loss
 
 
 # Runaway training stops when the mean loss of the epoch so far is not finite or exceeds 10x

@@ -28,6 +28,8 @@ MAX_POOLING_MODELS = ("convnet", "fast")
 STRATEGIES = ("none", "mirrored", "multi_worker")
 SCHEDULES = ("constant", "cosine", "onecycle")
 QUANTIZATIONS = ("float", "dynamic_range", "int8")
+# Keras dtype policies, by their own names (loopline/model.py build_model sets them).
+PRECISIONS = ("float32", "mixed_bfloat16")
 CHOICES = {
     "model": MODELS,
     "learning_rate_schedule": SCHEDULES,
@@ -115,6 +117,9 @@ SPECS: dict[str, Spec] = {
     "learning_rate_schedule": Spec(
         str, lambda value: value in SCHEDULES, f"one of {', '.join(SCHEDULES)}"
     ),
+    "adam_beta_2": Spec(float, lambda value: 0 < value < 1, "a number between 0 and 1"),
+    "label_smoothing": Spec(float, lambda value: 0 <= value < 1, "a number from 0 to below 1"),
+    "precision": Spec(str, lambda value: value in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
     "jit_compile": Spec(bool, _always, "true or false"),
     "deterministic": Spec(bool, _always, "true or false"),
     # The steps of one execution are compiled into one program: compile time grows with it.

@@ -60,6 +60,9 @@ PARAMS = (
     "batch_size",
     "learning_rate",
     "learning_rate_schedule",
+    "adam_beta_2",
+    "label_smoothing",
+    "precision",
     "jit_compile",
     "deterministic",
     "steps_per_execution",
@@ -163,14 +166,16 @@ def build_trainer(
             f"train: jit_compile off: XLA cannot run {replicas} replicas on CPU (see distribute.py)"
         )
     schedule = SCHEDULES[params["learning_rate_schedule"]]
+    learning_rate = schedule(params["learning_rate"], params["epochs"] * steps)
     with strategy.scope():
         return Trainer(
-            build_model(params["model"], data.shape, len(data.classes)),
-            keras.optimizers.Adam(schedule(params["learning_rate"], params["epochs"] * steps)),
+            build_model(params["model"], data.shape, len(data.classes), params["precision"]),
+            keras.optimizers.Adam(learning_rate, beta_2=params["adam_beta_2"]),
             strategy,
             params["batch_size"],
             jit_compile,
             params["steps_per_execution"],
+            params["label_smoothing"],
         )
 
 

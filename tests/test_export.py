@@ -22,7 +22,7 @@ import pytest
 import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
 
-from loopline.model import build_model, export_saved_model, model_card
+from loopline.model import build_model, export_saved_model, float32_copy, model_card
 from loopline.records import data_meta, load_split
 from loopline.savedmodel import load_card, load_classifier, predict
 from stages import export
@@ -146,14 +146,13 @@ def test_keras_tfsm_layer_loads_it(trained, test_split):
     )
 
 
-def test_tf2onnx_converts_it_and_onnxruntime_agrees(trained, test_split):
+def onnx_logits(model_dir: Path, images: np.ndarray) -> np.ndarray:
+    """The SavedModel converted by tf2onnx, run by onnxruntime (skips where they don't import)."""
     try:
         from tf2onnx import convert, tf_loader
     except ImportError as error:  # tf2onnx pins old versions of its dependencies
         pytest.skip(f"tf2onnx does not import here ({error})")
     onnxruntime = pytest.importorskip("onnxruntime")
-    _, model_dir, _ = trained
-    images, _, logits = test_split
     # What `python -m tf2onnx.convert --saved-model DIR --output model.onnx` does.
     graph_def, inputs, outputs, renames = tf_loader.from_saved_model(
         str(model_dir), None, None, "serve", ["serving_default"], return_tensors_to_rename=True
@@ -165,8 +164,30 @@ def test_tf2onnx_converts_it_and_onnxruntime_agrees(trained, test_split):
         proto.SerializeToString(), providers=["CPUExecutionProvider"]
     )
     assert session.get_inputs()[0].shape[1:] == list(images.shape[1:])
-    (logits_onnx,) = session.run(["logits"], {"images": images})
-    np.testing.assert_allclose(logits_onnx, logits, rtol=1e-4, atol=1e-4)
+    return session.run(["logits"], {"images": images})[0]
+
+
+def test_tf2onnx_converts_it_and_onnxruntime_agrees(trained, test_split):
+    _, model_dir, _ = trained
+    images, _, logits = test_split
+    np.testing.assert_allclose(onnx_logits(model_dir, images), logits, rtol=1e-4, atol=1e-4)
+
+
+def test_a_model_trained_in_mixed_bfloat16_is_served_in_float32_by_every_consumer(tmp_path):
+    keras.utils.set_random_seed(0)
+    model = build_model("fast", precision="mixed_bfloat16")
+    images = synthetic_arrays(train=40)["x_train"]
+    model(images, training=True)  # moves the batch norms' statistics off their initial values
+    export_saved_model(model, tmp_path / "model")
+    saved_model = (tmp_path / "model" / "saved_model.pb").read_bytes()
+    assert b"bfloat16" not in saved_model.lower()  # no bfloat16 cast, weight or kernel
+    served = predict(load_classifier(tmp_path / "model"), images, 16)["logits"]
+    np.testing.assert_allclose(served, float32_copy(model)(images), rtol=1e-5, atol=1e-5)
+    # The same weights computing in bfloat16: 8 bits of mantissa, about 2 decimal digits.
+    np.testing.assert_allclose(served, model(images), rtol=0.05, atol=0.05)
+    tflite = tflite_logits(export.convert(tmp_path / "model", tmp_path, "float"), images)
+    np.testing.assert_allclose(tflite["logits"], served, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(onnx_logits(tmp_path / "model", images), served, atol=1e-4)
 
 
 def test_export_stage_writes_the_model_and_its_metrics(trained, tmp_path, monkeypatch, capsys):

@@ -50,6 +50,10 @@ def test_integer_learning_rate_is_a_float(tmp_path):
         ("dataset", "../mnist", "dataset: got '../mnist', expected the name of a folder"),
         ("dataset", ".hidden", "dataset: got '.hidden', expected the name of a folder"),
         ("dataset", 7, "dataset: got 7, expected the name of a folder"),
+        ("precision", "float16", "precision: got 'float16', expected one of float32, mixed_bf"),
+        ("label_smoothing", 1, "label_smoothing: got 1.0, expected a number from 0 to below 1"),
+        ("label_smoothing", -0.1, "label_smoothing: got -0.1"),
+        ("adam_beta_2", 1.0, "adam_beta_2: got 1.0, expected a number between 0 and 1"),
     ],
 )
 def test_bad_values_name_the_key(tmp_path, key, value, message):

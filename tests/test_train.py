@@ -31,7 +31,13 @@ from loopline.data import (
 )
 from loopline.distribute import STRATEGIES
 from loopline.loop import SCHEDULES, Trainer
-from loopline.model import MODELS, RandomShift, build_model, export_saved_model
+from loopline.model import (
+    MODELS,
+    FusedBatchNormalization,
+    RandomShift,
+    build_model,
+    export_saved_model,
+)
 from loopline.params import check_train_params, dispatch_table
 from loopline.progress import Progress, open_live
 from loopline.sizes import MAX_WEIGHTS, SMALLEST, check_model_size, count_weights
@@ -62,15 +68,22 @@ TINY = {
 STREAMED = {**TINY, "max_in_memory_mb": 0}
 
 
-def make_trainer(jit_compile=False, model="tutorial", steps_per_execution=1):
+def make_trainer(
+    jit_compile=False,
+    model="tutorial",
+    steps_per_execution=1,
+    precision="float32",
+    label_smoothing=0.0,
+):
     keras.utils.set_random_seed(0)
     return Trainer(
-        build_model(model),
+        build_model(model, precision=precision),
         keras.optimizers.Adam(1e-3),
         tf.distribute.get_strategy(),
         16,
         jit_compile,
         steps_per_execution,
+        label_smoothing,
     )
 
 
@@ -170,6 +183,60 @@ def test_a_group_of_steps_trains_exactly_as_single_steps(jit_compile):
     for weight, expected in zip(weights, expected_weights, strict=True):
         np.testing.assert_array_equal(weight, expected)
     np.testing.assert_array_equal(next_labels, expected_next)
+
+
+def test_fused_batch_normalization_computes_what_keras_batch_normalization_does():
+    images = np.random.default_rng(0).normal(2.0, 3.0, (16, 5, 5, 4)).astype(np.float32)
+    keras_layer, fused = keras.layers.BatchNormalization(), FusedBatchNormalization()
+    for layer in (keras_layer, fused):
+        layer.build(images.shape)
+        layer.gamma.assign([1.0, 2.0, 0.5, 1.5])
+        layer.beta.assign([0.0, 1.0, -1.0, 0.5])
+    np.testing.assert_allclose(
+        fused(images, training=True), keras_layer(images, training=True), atol=1e-5
+    )
+    # The moving averages take one step towards the batch's statistics, the variance's
+    # with Bessel's correction: n / (n - 1) for the 400 values of each channel.
+    np.testing.assert_allclose(fused.moving_mean, keras_layer.moving_mean, rtol=1e-5)
+    expected_variance = 0.99 + 0.01 * (keras_layer.moving_variance - 0.99) / 0.01 * 400 / 399
+    np.testing.assert_allclose(fused.moving_variance, expected_variance, rtol=1e-5)
+    fused.moving_variance.assign(keras_layer.moving_variance)
+    np.testing.assert_allclose(fused(images), keras_layer(images), atol=1e-5)
+
+
+def test_label_smoothing_spreads_its_share_of_each_target_over_the_classes():
+    logits = np.random.default_rng(1).normal(size=(6, 10)).astype(np.float32)
+    labels = np.array([0, 3, 9, 3, 5, 1])
+    log_probabilities = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    targets = np.full((6, 10), 0.1 / 10) + 0.9 * np.eye(10)[labels]
+    expected = -(targets * log_probabilities).sum(axis=1)
+    computed = loop.smoothed_cross_entropy(0.1)(labels, logits)
+    np.testing.assert_allclose(computed, expected, rtol=1e-5)
+    # The trainer minimises it (its training loss is the smoothed one); validation is plain.
+    arrays = synthetic_arrays(train=8)
+    images, labels = arrays["x_train"], arrays["y_train"].astype(np.int32)
+    trainer = make_trainer(label_smoothing=0.1)
+    logits = trainer.model(images, training=True)
+    trainer.train_step(images, labels)
+    smoothed = loop.smoothed_cross_entropy(0.1)(labels, logits)
+    assert float(trainer.train_loss.result()) == pytest.approx(float(np.mean(smoothed)), 1e-5)
+    plain = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+    assert float(np.mean(plain)) < float(np.mean(smoothed))
+
+
+def test_mixed_bfloat16_computes_in_bfloat16_keeps_float32_weights_and_learns():
+    trainer = make_trainer(model="fast", steps_per_execution=2, precision="mixed_bfloat16")
+    convolutions = [layer for layer in trainer.model.layers if "conv" in layer.name]
+    assert {layer.compute_dtype for layer in convolutions} == {"bfloat16"}
+    norms = [layer for layer in trainer.model.layers if isinstance(layer, FusedBatchNormalization)]
+    statistics = [variable for norm in norms for variable in norm.non_trainable_variables]
+    weights = trainer.model.trainable_variables + statistics
+    assert {variable.dtype for variable in weights} == {"float32"} and len(statistics) == 8
+    assert keras.config.dtype_policy().name == "float32"  # building left the default alone
+    arrays = synthetic_arrays(train=16)
+    dataset = tf.data.Dataset.from_tensors((arrays["x_train"], arrays["y_train"])).repeat()
+    losses = group_losses(trainer, iter(dataset), calls=10)
+    assert losses[-1] < 0.5 * losses[0]
 
 
 def test_random_shift_moves_each_image_by_at_most_its_pixels():
