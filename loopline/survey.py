@@ -159,7 +159,8 @@ def survey(folder: Path) -> Survey:
     if layout == "images":
         found = list_images(folder, description)
         every = found.files["train"] + found.files["test"]
-        shape = image_shape(folder, every, images.inspect_all(every), description)
+        shapes = images.inspect_all(every, description.image_size)
+        shape = image_shape(folder, every, shapes, description)
         return _describe(folder, layout, description, list(found.classes), shape, found.labels)
     return _survey_arrays(folder, layout, description)[1]
 
@@ -211,7 +212,7 @@ class Loaded:
 
 def load(folder: Path, scratch: Path) -> Loaded:
     """The data set in `folder` as arrays (memory maps of files in `scratch`), checked as
-    survey checks it, but reading only the images' headers before decoding them once."""
+    survey checks it, each image decoded once."""
     description = read_description(folder)
     layout = find_layout(folder)
     verify_checksums(folder, description.checksums)
@@ -231,14 +232,17 @@ def _load_images(
     folder: Path, scratch: Path, description: Description, found: ImageFolder
 ) -> Loaded:
     every = found.files["train"] + found.files["test"]
-    shape = image_shape(folder, every, images.read_headers(every), description)
-    described = _describe(folder, "images", description, list(found.classes), shape, found.labels)
+    # The shape the first image (or dataset.yaml) gives; every image's own shape, known once
+    # it is decoded, is checked against it below, as survey checks it.
+    shape = image_shape(folder, every[:1], [images.read_header(every[0])], description)
     scratch.mkdir()
     # One array for both splits: their files decoded in one go, on every core.
     every_pixel = np.lib.format.open_memmap(
         scratch / "images.npy", "w+", np.uint8, (len(every), *shape)
     )
-    images.load_all(every, every_pixel, tuple(shape[:2]), 1 if len(shape) == 2 else 3)
+    shapes = images.load_all(every, every_pixel, tuple(shape[:2]), 1 if len(shape) == 2 else 3)
+    image_shape(folder, every, shapes, description)
+    described = _describe(folder, "images", description, list(found.classes), shape, found.labels)
     train = len(found.files["train"])
     pixels = {"train": every_pixel[:train], "test": every_pixel[train:]}
     return Loaded(described, pixels, found.labels)

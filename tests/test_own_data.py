@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +24,8 @@ from PIL import Image
 from loopline import images as images_module
 from loopline import records
 from loopline.dataset import validation_count
-from loopline.files import seal
-from loopline.survey import survey
+from loopline.files import StageError, seal
+from loopline.survey import load, survey
 from stages import predict
 from stages.check_data import check_data
 from stages.prepare import prepare
@@ -48,11 +50,15 @@ def describe(folder: Path, **fields) -> Path:
 
 
 def refused(folder: Path, message: str, error=ValueError) -> str:
-    """survey's one-line refusal of `folder`, which must match `message`."""
+    """survey's one-line refusal of `folder`, which must match `message`; prepare's reading
+    (load, which decodes each image once) refuses it in the same words."""
     with pytest.raises(error) as caught:
         survey(folder)
     text = str(caught.value)
     assert "\n" not in text and re.search(message, text), text
+    with tempfile.TemporaryDirectory() as scratch, pytest.raises(error) as caught:
+        load(folder, Path(scratch) / "arrays")
+    assert str(caught.value) == text
     return text
 
 
@@ -402,6 +408,37 @@ def test_decoding_on_every_core_gives_the_same_pixels(tmp_path, monkeypatch):
     bad.write_text("no")
     with pytest.raises(images_module.ImageError, match=f"^{re.escape(str(bad))}: not a"):
         images_module.inspect_all(paths)
+    assert not _child_processes()  # the worker ended with the error
+
+
+def _child_processes() -> list[str]:
+    task = Path(f"/proc/{os.getpid()}/task")
+    return [pid for thread in task.iterdir() for pid in (thread / "children").read_text().split()]
+
+
+def test_a_decoding_worker_answers_as_this_process_would(tmp_path):
+    folder = image_folder(tmp_path / "few", classes=2, per_class=3, shape=(9, 7, 3))
+    paths = sorted(folder.rglob("*.png"))
+    bad = folder / "train/class 1/bad.png"
+    bad.write_bytes(b"\x89PNG\r\n")
+    worker = images_module._Worker()
+    try:
+        assert worker.ready()
+        pixels, shapes = worker.run("decode", paths, ((4, 5), 1))
+        assert shapes == [(9, 7, 3)] * len(paths)
+        expected = np.stack([images_module.load_image(path, (4, 5), 1) for path in paths])
+        assert pixels == expected.tobytes()
+        error = worker.run("inspect", [paths[0], bad], (None,))
+        assert isinstance(error, images_module.ImageError)
+        with pytest.raises(images_module.ImageError) as caught:
+            images_module.inspect_image(bad)
+        assert str(error) == str(caught.value)
+        worker.process.kill()  # as the system does when memory runs out
+        with pytest.raises(StageError, match=r"class 0/000.png: the worker .* SIGKILL, as when"):
+            worker.run("inspect", paths, (None,))
+    finally:
+        worker.close()
+    assert worker.process.returncode is not None
 
 
 def test_check_data_is_one_line_and_imports_no_tensorflow(tmp_path):
