@@ -18,6 +18,7 @@ Pure Python: check_data, validate and prepare use it without TensorFlow.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -238,14 +239,23 @@ def _class_files(directory: Path, above: tuple[Path, ...] = ()) -> list[Path]:
     `above` holds the folders it is in, resolved (a link back to one of them loops)."""
     found = []
     here = (*above, directory.resolve())
-    for path in sorted(directory.iterdir()):
-        if is_skipped(path.name):
+    # Each entry of os.scandir knows whether it is a file or a folder without a stat of its
+    # own (except through links): listing a folder of small images costs less than decoding.
+    with os.scandir(directory) as scan:
+        entries = sorted(scan, key=lambda entry: entry.name)
+    for entry in entries:
+        if is_skipped(entry.name):
             continue
-        if path.is_dir():
+        path = directory / entry.name
+        try:
+            is_folder, is_file = entry.is_dir(), entry.is_file()
+        except OSError:  # a link to itself: neither (as Path.is_dir says), check_file tells
+            is_folder = is_file = False
+        if is_folder:
             if path.resolve() in here:
                 raise ValueError(f"{path}: a link to a folder it is in (a loop); remove it")
             found.extend(_class_files(path, here))
-        elif path.is_file():
+        elif is_file:
             found.append(path)
         else:  # a FIFO would block the decoder forever; a broken link has no image
             check_file(path, "remove it, or put the image there")
@@ -292,9 +302,9 @@ def _held_out(files: list[Path], folder: Path, fraction: float) -> set[Path]:
     depends on the file names alone (adding images moves none of the others' roles), and
     at least one file stays for training."""
     count = min(len(files) - 1, int(fraction * len(files) + 0.5))
+    depth = len(folder.parts)  # the path's own parts follow the folder's
     ranked = sorted(
-        files,
-        key=lambda path: hashlib.sha256(path.relative_to(folder).as_posix().encode()).digest(),
+        files, key=lambda path: hashlib.sha256("/".join(path.parts[depth:]).encode()).digest()
     )
     return set(ranked[:count])
 
