@@ -10,6 +10,7 @@ lists each split's shards with their SHA-256; it holds the SHA-256 of its own co
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Iterable, Iterator
@@ -38,13 +39,28 @@ def shard_name(split: str, index: int, count: int) -> str:
 
 
 def serialize_example(image: np.ndarray, label: int) -> bytes:
+    """The tf.train.Example of `image`'s raw bytes and its `label`, serialized."""
+    pixels = image.tobytes()
+    before, after = _framing(len(pixels), int(label))
+    return before + pixels + after
+
+
+@functools.lru_cache(maxsize=1024)
+def _framing(size: int, label: int) -> tuple[bytes, bytes]:
+    """What precedes and what follows an image's `size` raw bytes in its serialized Example:
+    the same for every image of that size and label, so protobuf makes them once, around
+    `size` zeros. (Building each Example costs about 10 us, a fifth of MNIST's prepare.)
+    Before the pixels come tags, the name "image" and lengths of at least 1, none of them a
+    zero byte: the first zero is the pixels' first byte."""
     feature = {
-        "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image.tobytes()])),
-        "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)])),
+        "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[bytes(size)])),
+        "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
     }
     example = tf.train.Example(features=tf.train.Features(feature=feature))
     # `feature` is a protobuf map, serialized in hash order unless asked to be deterministic.
-    return example.SerializeToString(deterministic=True)
+    whole = example.SerializeToString(deterministic=True)
+    start = whole.index(0)
+    return whole[:start], whole[start + size :]
 
 
 def write_shards(
@@ -56,28 +72,46 @@ def write_shards(
     indices: np.ndarray | None = None,
 ) -> list[str]:
     """Write `images` [n, height, width(, 3)] uint8 and `labels` [n] as shards; return their
-    names.
-
-    `indices` picks the examples and their order (default: all, as they are). Shards are
-    written one per core at a time, each reading only its own images, so `images` may be
-    a memory map of any size.
-    """
+    names. `indices` picks the examples and their order (default: all, as they are)."""
     indices = np.arange(len(images)) if indices is None else indices
-    count = max(1, math.ceil(len(indices) / examples_per_shard))
-    options = tf.io.TFRecordOptions(compression_type=COMPRESSION)
+    return write_splits({split: (images, labels, indices)}, directory, examples_per_shard)[split]
 
-    def write_shard(index: int) -> str:
-        name = shard_name(split, index, count)
-        selected = indices[index * examples_per_shard : (index + 1) * examples_per_shard]
+
+def write_splits(
+    splits: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
+    directory: Path,
+    examples_per_shard: int,
+) -> dict[str, list[str]]:
+    """Write each split's (images, labels, indices) as shards, the examples `indices` picks
+    in that order; return each split's shard names.
+
+    The shards of all splits are written one per core at a time, the largest first, each
+    reading only its own images, so the images may be memory maps of any size.
+    """
+    options = tf.io.TFRecordOptions(compression_type=COMPRESSION)
+    names: dict[str, list[str]] = {}
+    shards = []  # (split, file name, the examples' indices)
+    for split, (_, _, indices) in splits.items():
+        count = max(1, math.ceil(len(indices) / examples_per_shard))
+        names[split] = [shard_name(split, index, count) for index in range(count)]
+        for index, name in enumerate(names[split]):
+            selected = indices[index * examples_per_shard : (index + 1) * examples_per_shard]
+            shards.append((split, name, selected))
+
+    def write_shard(shard: tuple[str, str, np.ndarray]) -> None:
+        split, name, selected = shard
+        images, labels, _ = splits[split]
         with tf.io.TFRecordWriter(str(directory / name), options) as writer:
             for image, label in zip(images[selected], labels[selected], strict=True):
                 writer.write(serialize_example(image, label))
-        return name
 
     # Most of the time goes to GZIP inside TFRecordWriter.write, which releases the GIL:
-    # on 2 cores, 2 threads write MNIST's shards in 0.65 s instead of 1.2 s.
-    with ThreadPoolExecutor(min(count, len(os.sched_getaffinity(0)))) as pool:
-        return list(pool.map(write_shard, range(count)))
+    # on 2 cores, 2 threads write MNIST's shards in 0.65 s instead of 1.2 s. A split of one
+    # shard compresses on one core, so the longest go first, beside the shorter ones.
+    workers = min(len(shards), len(os.sched_getaffinity(0)))
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(write_shard, sorted(shards, key=lambda shard: -len(shard[2]))))
+    return names
 
 
 def parse_batch(serialized: tf.Tensor, shape: tuple[int, ...]) -> tuple[tf.Tensor, tf.Tensor]:

@@ -15,10 +15,11 @@ sees no change and the stages downstream do not re-run.
 
 Memory does not grow with the data set's images: arrays are copied out of an .npz (or IDX
 files) to uncompressed .npy files inside the output-to-be, CHUNK_BYTES at a time, and
-image files are decoded on every core into such a file; shards are then written from a
-memory map, one shard of images per core at a time. Held whole, per image: the split's
-order (8 bytes) and its label (8 bytes). The copies need the images' uncompressed size
-on disk while prepare runs.
+image files are decoded on every core into such a file (loopline/images.py: this process
+and worker processes that import no TensorFlow); the shards of all three splits are then
+written from a memory map, one shard of images per core at a time. Held whole, per image:
+the split's order (8 bytes) and its label (8 bytes). The copies need the images'
+uncompressed size on disk while prepare runs.
 """
 
 from __future__ import annotations
@@ -65,24 +66,19 @@ def split_validation(
     return {"train": train, "validation": validation}
 
 
-def write_split(
-    images: np.ndarray,
-    labels: np.ndarray,
-    indices: np.ndarray,
-    directory: Path,
-    split: str,
-    params: dict,
-) -> dict:
-    """Write the examples `indices` of `images` and `labels` as shards; return their meta."""
-    names = records.write_shards(
-        images, labels, directory, split, params["examples_per_shard"], indices
-    )
-    print(f"prepare: {split:<10} {len(indices):>6} examples in {len(names)} shard(s)")
-    return {
-        "examples": len(indices),
-        "class_counts": np.bincount(labels[indices], minlength=params["classes"]).tolist(),
-        "shards": {name: sha256_of_file(directory / name) for name in names},
-    }
+def write_splits(splits: dict, directory: Path, examples_per_shard: int, classes: int) -> dict:
+    """Write each split's (images, labels, indices) as shards under `directory`; return each
+    split's entry of meta.json: its examples, class counts and shard hashes."""
+    names = records.write_splits(splits, directory, examples_per_shard)
+    entries = {}
+    for split, (_, labels, indices) in splits.items():
+        print(f"prepare: {split:<10} {len(indices):>6} examples in {len(names[split])} shard(s)")
+        entries[split] = {
+            "examples": len(indices),
+            "class_counts": np.bincount(labels[indices], minlength=classes).tolist(),
+            "shards": {name: sha256_of_file(directory / name) for name in names[split]},
+        }
+    return entries
 
 
 def prepare(raw_dir: Path, out_dir: Path, params: dict) -> dict:
@@ -107,16 +103,14 @@ def prepare(raw_dir: Path, out_dir: Path, params: dict) -> dict:
             "validation": (train_images, train_labels, order["validation"]),
             "test": (data.images["test"], data.labels["test"], np.arange(len(data.labels["test"]))),
         }
-        written = {**params, "classes": len(survey.classes)}
         meta = {
             "dataset": survey.dataset,
             "classes": survey.classes,
             "shape": survey.shape,
             "framing": survey.framing,
-            "splits": {
-                split: write_split(*splits[split], temporary, split, written)
-                for split in records.SPLITS
-            },
+            "splits": write_splits(
+                splits, temporary, params["examples_per_shard"], len(survey.classes)
+            ),
         }
         del data, train_images, splits  # unmap the copies before removing them
         shutil.rmtree(scratch)

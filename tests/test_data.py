@@ -25,6 +25,25 @@ def test_round_trip_gives_back_the_same_pixels_and_labels(tmp_path):
     assert read_images.dtype == np.uint8 and read_labels.dtype == np.int32
 
 
+@pytest.mark.parametrize("shape", [(1, 1), (8, 8), (28, 28), (130, 129, 3)])
+def test_an_example_is_serialized_as_tensorflow_serializes_it(shape):
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    for label in [0, 9, 127, 128, 999, 70_000]:  # labels of 1, 2 and 3 bytes
+        image = rng.integers(0, 256, shape, dtype=np.uint8)
+        image[0, 0] = 0  # zeros among the pixels, where the framing ends
+        feature = {
+            "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image.tobytes()])),
+            "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
+        }
+        example = tf.train.Example(features=tf.train.Features(feature=feature))
+        expected = example.SerializeToString(deterministic=True)
+        assert records.serialize_example(image, np.int64(label)) == expected
+        parsed = tf.train.Example.FromString(records.serialize_example(image, label))
+        assert parsed.features.feature["label"].int64_list.value == [label]
+
+
 @pytest.mark.parametrize("batch_size", [1, 7, 64, 1000])
 def test_a_split_read_a_batch_at_a_time_is_the_whole_split_in_order(prepared, batch_size):
     images, labels = records.load_split(prepared, "train")  # files of 64, 64, 64 and 8
