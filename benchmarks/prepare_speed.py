@@ -5,11 +5,17 @@ On the same image folders, in one process, taking turns: Keras' reader
 every image decoded, resized and batched), this project's `prepare` (the whole stage:
 decoding on every core, the validation split, the GZIP-compressed TFRecord shards and
 their hashes), the decoding alone (`survey.load`), and `check_data`'s check (every image
-decoded once more). Two folders: tests/data/digits (1,797 real 8x8 grey PNGs) and a
-generated one of colour JPEGs of several sizes, resized to one (dataset.yaml image_size;
-Keras resizes too, to the same size). The medians of --repeats turns are reported.
+decoded once more). Three folders: tests/data/digits (1,797 real 8x8 grey PNGs), the same
+digits copied ten times (17,970 files: fixed costs such as starting the decoding workers
+weigh ten times less), and generated colour JPEGs of several sizes, resized to one
+(dataset.yaml image_size; Keras resizes too, to the same size). TensorFlow is imported
+once, before any timing: each reader's time is its work, without the ~3 s a fresh process
+spends importing TensorFlow. The medians of --repeats turns are reported, with their
+range, the load average (1 minute) seen during the turns and the priority the run had
+(`scheduling`: on a machine other jobs keep busy, run it in a session of its own at a
+higher priority, as benchmarks/README.md shows, so that they take less of its time).
 Writes benchmarks/results/<machine>/prepare_speed.json (benchmarks/machine.py).
-Run    python -m benchmarks.prepare_speed [--repeats 3] [--photos 3000]
+Run    python -m benchmarks.prepare_speed [--repeats 5] [--photos 2000] [--copies 10]
 """
 
 from __future__ import annotations
@@ -65,6 +71,16 @@ def write_photos(folder: Path, count: int, classes: int = 10) -> Path:
     return folder
 
 
+def copy_digits(folder: Path, copies: int) -> Path:
+    """tests/data/digits' images `copies` times over, each copy under its own file name."""
+    for source in sorted((DIGITS / "train").rglob("*.png")):
+        target = folder / source.relative_to(DIGITS).parent
+        target.mkdir(parents=True, exist_ok=True)
+        for copy in range(copies):
+            shutil.copyfile(source, target / f"{source.stem}-{copy}.png")
+    return folder
+
+
 def keras_reader(folder: Path, size: tuple[int, int], channels: int) -> Callable[[], int]:
     def run() -> int:
         dataset = keras.utils.image_dataset_from_directory(
@@ -115,6 +131,7 @@ def timed(function: Callable[[], int]) -> tuple[float, int]:
 
 def measure(folder: Path, size: tuple[int, int], channels: int, repeats: int) -> dict:
     """Every reader's images per second on `folder`, taking turns `repeats` times."""
+    loads = [os.getloadavg()[0]]
     with tempfile.TemporaryDirectory() as scratch:
         readers = {
             "keras image_dataset_from_directory": keras_reader(folder, size, channels),
@@ -130,6 +147,7 @@ def measure(folder: Path, size: tuple[int, int], channels: int, repeats: int) ->
             for name in names[repeat % len(names) :] + names[: repeat % len(names)]:
                 seconds, count = timed(readers[name])
                 rates[name].append(count / seconds)
+            loads.append(os.getloadavg()[0])
     images = sum(1 for path in (folder / "train").rglob("*") if path.is_file())
     medians = {name: statistics.median(values) for name, values in rates.items()}
     baseline = medians["keras image_dataset_from_directory"]
@@ -141,27 +159,48 @@ def measure(folder: Path, size: tuple[int, int], channels: int, repeats: int) ->
         "images_per_second": {name: round(value) for name, value in medians.items()},
         "over_keras": {name: round(value / baseline, 2) for name, value in medians.items()},
         "repeats": {name: [round(value) for value in values] for name, values in rates.items()},
+        "load_average": [round(min(loads), 1), round(max(loads), 1)],
     }
+
+
+def scheduling() -> str:
+    """This process's priority against the machine's other jobs: its nice value, and on
+    Linux its autogroup's (a busy machine shares the CPU between groups, not processes)."""
+    words = f"nice {os.nice(0)}"
+    autogroup = Path("/proc/self/autogroup")
+    if autogroup.exists():  # "/autogroup-354 nice -10"
+        words += f", autogroup nice {autogroup.read_text().split()[-1]}"
+    return words
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3, help="(default: %(default)s)")
+    parser.add_argument("--repeats", type=int, default=5, help="(default: %(default)s)")
     parser.add_argument("--photos", type=int, default=2000, help="(default: %(default)s)")
+    parser.add_argument(
+        "--copies", type=int, default=10, help="of the digits, for the larger folder (default: 10)"
+    )
     parser.add_argument("--output", type=Path, help="(default: benchmarks/results/<machine>/)")
     arguments = parser.parse_args()
     machine = describe()
     with tempfile.TemporaryDirectory() as scratch:
         photos = write_photos(Path(scratch) / "photos", arguments.photos)
-        folders = [(DIGITS, (8, 8), 1), (photos, PHOTO_SIZE, 3)]
+        copies = copy_digits(Path(scratch) / f"digits x{arguments.copies}", arguments.copies)
+        folders = [(DIGITS, (8, 8), 1), (copies, (8, 8), 1), (photos, PHOTO_SIZE, 3)]
         results = [measure(*folder, arguments.repeats) for folder in folders]
     for result in results:
-        print(f"{result['folder']}: {result['images']} images -> {result['size']}")
+        low, high = result["load_average"]
+        where = f"{result['folder']}: {result['images']} images -> {result['size']}"
+        print(f"{where} (load average {low}-{high})")
         for name, rate in result["images_per_second"].items():
             print(f"  {name:<36} {rate:>8,} images/s  {result['over_keras'][name]:.2f}x Keras")
     path = write_results(
         "prepare_speed",
-        {"cores_used": len(os.sched_getaffinity(0)), "folders": results},
+        {
+            "cores_used": len(os.sched_getaffinity(0)),
+            "scheduling": scheduling(),
+            "folders": results,
+        },
         machine,
         arguments.output,
     )

@@ -466,6 +466,48 @@ def own_data() -> str:
     )
 
 
+@generator
+def prepare_speed() -> str:
+    """Every machine's prepare_speed: images per second of each reader, folder by folder."""
+    sections = []
+    for result in read_results("prepare_speed").values():
+        folders = result["folders"]
+        readers = list(folders[0]["images_per_second"])
+        rows = [
+            "| images per second (min-max) | "
+            + " | ".join(
+                f"{f['folder']}: {f['images']:,} to {f['size'][1]}x{f['size'][0]}" for f in folders
+            )
+            + " |",
+            "| --- |" + " ---: |" * len(folders),
+        ]
+        for reader in readers:
+            cells = []
+            for folder in folders:
+                runs = folder["repeats"][reader]
+                cells.append(
+                    f"{folder['images_per_second'][reader]:,} ({min(runs):,}-{max(runs):,}), "
+                    f"**{folder['over_keras'][reader]:.2f}x**"
+                )
+            rows.append(f"| {reader} | " + " | ".join(cells) + " |")
+        machine = result["machine"]
+        loads = [load for folder in folders for load in folder.get("load_average", [])] or [
+            machine["load_average_1min_before"],
+            machine["load_average_1min_after"],
+        ]
+        scheduling = f" (the run at {result['scheduling']})" if "scheduling" in result else ""
+        rows += [
+            "",
+            prose(
+                f"{run_words(result)}: medians of {len(folders[0]['repeats'][readers[0]])} "
+                f"turns, and the ratio to Keras' median on the same folder. Load average "
+                f"{min(loads):.1f}-{max(loads):.1f} from other jobs{scheduling}."
+            ),
+        ]
+        sections.append("\n".join(rows))
+    return "\n\n".join(sections)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="change nothing; exit 1 if stale")
