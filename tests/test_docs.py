@@ -59,8 +59,11 @@ def prose(text: str) -> str:
 
 
 def pipeline_outputs() -> list[str]:
+    """The stages' outputs, `${key}` filled in from params.yaml as `dvc repro` does."""
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    return [path for stage in stages.values() for path in generate.output_paths(stage)]
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    paths = [path for stage in stages.values() for path in generate.output_paths(stage)]
+    return [re.sub(r"\$\{(\w+)\}", lambda key: str(params[key[1]]), path) for path in paths]
 
 
 def path_exists(path: str) -> bool:
