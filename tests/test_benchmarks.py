@@ -8,6 +8,7 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from benchmarks import machine
@@ -116,3 +117,19 @@ def test_a_record_is_rewritten_only_for_other_bits(tmp_path: Path) -> None:
     lock.write_text(yaml.safe_dump(stages))
     assert machine.record(path, lock)  # train wrote other bits here: this machine now
     assert "another-machine" not in path.read_text()
+
+
+def test_train_memorys_data_set_is_an_npz_of_learnable_images(tmp_path: Path) -> None:
+    from benchmarks import train_memory
+
+    folder = train_memory.write_data_set(tmp_path / "set", train=20, test=7)
+    with np.load(folder / "arrays.npz") as arrays:
+        images, labels = arrays["x_train"], arrays["y_train"]
+        assert images.shape == (20 + train_memory.VALIDATION, 32, 32, 3)
+        assert arrays["x_test"].shape == (7, 32, 32, 3) and arrays["y_test"].tolist() == [*range(7)]
+    assert images.dtype == np.uint8 and labels.tolist()[:12] == [*range(10), 0, 1]
+    for image, label in zip(images[:30], labels[:30], strict=True):
+        bar = np.zeros(32, bool)
+        bar[3 * label : 3 * label + 2] = True
+        assert np.all(image[bar] == 255) and np.all(image[~bar] < 40)  # the label's bar only
+    assert "class 9" in (folder / "dataset.yaml").read_text()
