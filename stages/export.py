@@ -129,7 +129,8 @@ def classify_test_split(runner, classifier, data: Path, batch_size: int) -> dict
         labels.append(batch_labels)
         tflite.append(runner(images=images)["classes"])
         savedmodel.append(classify(classifier, images)["classes"])
-        first.append(images[: LATENCY_IMAGES - sum(map(len, first))])
+        # A copy: a slice, even an empty one, would keep the whole batch alive.
+        first.append(images[: LATENCY_IMAGES - sum(map(len, first))].copy())
     arrays = {"labels": labels, "tflite": tflite, "savedmodel": savedmodel, "first": first}
     return {name: np.concatenate(batches) for name, batches in arrays.items()}
 
