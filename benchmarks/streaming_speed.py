@@ -3,18 +3,22 @@ reads them now by default, and streamed from the shards, side by side.
 
 In one process, on data/prepared, with params.yaml's values (the tutorial model, batches of
 32, XLA, 4 steps per call, op determinism), three trainers from the same initial weights
-take turns at whole epochs (every full batch, then the validation split):
+train whole epochs (every full batch, then the validation split):
   (a) before: the training split decoded once into memory (records.load_split), shuffled
       whole every epoch (make_train_dataset), validation from arrays in memory: the input
       train had before streaming, kept here as the reference;
   (b) now: stages.train's own input with params.yaml's max_in_memory_mb (MNIST's 43 MB of
       training pixels are held in memory), validation streamed from its shard;
   (c) streamed: the same with max_in_memory_mb 0.
-The order rotates every turn, so a burst of load elsewhere hits every variant alike.
-Reports the median steps per second of the training part of the epochs and of the whole
-epochs with validation, and each variant's ratio to (a).
+Other jobs share the machine, so the three take turns every --chunk steps within each epoch
+(the order rotating), and a burst of load elsewhere hits them alike: each variant's epoch
+time is the sum of its turns, its iterator's start (and shuffle buffer's fill) included,
+as train's run_epoch drives it (one call and one loss read per group of steps). Reports
+the median steps per second of the training part and the median epoch with validation,
+and each variant's ratio to (a): the median of its epoch-by-epoch ratios (epochs that took
+turns with each other).
 Writes benchmarks/results/<machine id>/streaming_speed.json (benchmarks/machine.py).
-Run    python -m benchmarks.streaming_speed [--repeats 5]
+Run    python -m benchmarks.streaming_speed [--epochs 5] [--chunk 52]
 """
 
 from __future__ import annotations
@@ -24,10 +28,9 @@ import loopline
 loopline.import_tensorflow_quietly()
 
 import argparse  # noqa: E402
-import io  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
-from collections.abc import Callable  # noqa: E402
+from collections.abc import Callable, Iterator  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -39,9 +42,8 @@ from benchmarks.machine import describe, write_results  # noqa: E402
 from loopline import records  # noqa: E402
 from loopline.data import distribute_train_dataset, make_train_dataset, pipeline_options  # noqa: E402
 from loopline.distribute import make_strategy  # noqa: E402
-from loopline.loop import Trainer, run_epoch, steps_per_epoch  # noqa: E402
+from loopline.loop import Trainer, steps_per_epoch  # noqa: E402
 from loopline.params import load_params  # noqa: E402
-from loopline.progress import Progress  # noqa: E402
 from stages import train as train_stage  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,23 +72,56 @@ class Variant:
     trainer: Trainer
     shares: Callable
     validation: tf.data.Dataset
-    epoch: int = 0
     train_seconds: list[float] = field(default_factory=list)
-    epoch_seconds: list[float] = field(default_factory=list)
+    validation_seconds: list[float] = field(default_factory=list)
 
-    def run(self, params: dict, steps: int) -> tuple[float, float]:
-        """One epoch of `steps` steps, then validation: seconds for each part and together."""
-        self.epoch += 1
-        strategy = self.trainer.strategy
-        seed = params["seed"] + self.epoch
-        dataset = distribute_train_dataset(strategy, self.shares, params["batch_size"], seed)
+    def start_epoch(self, params: dict, epoch: int) -> Iterator:
+        """A new epoch's iterator, as train makes one; the time it takes starts the epoch's."""
         self.trainer.reset_metrics()
         start = time.perf_counter()
-        quiet = Progress(steps, f"epoch {self.epoch}", terminal=False, stream=io.StringIO())
-        run_epoch(self.trainer, dataset, steps, quiet)
-        trained = time.perf_counter() - start
+        seed = params["seed"] + epoch
+        dataset = distribute_train_dataset(
+            self.trainer.strategy, self.shares, params["batch_size"], seed
+        )
+        iterator = iter(dataset)
+        self.train_seconds.append(time.perf_counter() - start)
+        return iterator
+
+    def train(self, iterator: Iterator, groups: int) -> None:
+        """`groups` calls of run_steps, as run_epoch makes them; timed into this epoch."""
+        start = time.perf_counter()
+        for _ in range(groups):
+            self.trainer.run_steps(iterator)
+            if not float(self.trainer.train_loss.result()) < 100:  # run_epoch reads it too
+                raise ValueError("training ran away")
+        self.train_seconds[-1] += time.perf_counter() - start
+
+    def validate(self) -> None:
+        start = time.perf_counter()
         self.trainer.evaluate(self.validation)
-        return trained, time.perf_counter() - start
+        self.validation_seconds.append(time.perf_counter() - start)
+
+
+def rotated(names: list[str], turn: int) -> list[str]:
+    """`names` starting `turn` places along: no variant always follows the same one."""
+    return names[turn % len(names) :] + names[: turn % len(names)]
+
+
+def run_epoch_in_turns(
+    variants: dict[str, Variant], params: dict, epoch: int, steps: int, chunk: int
+) -> None:
+    """One epoch of every variant, `chunk` steps (rounded to whole groups) at a time each, in
+    turns; then each one's validation, in turns."""
+    group = params["steps_per_execution"]
+    iterators = {name: variant.start_epoch(params, epoch) for name, variant in variants.items()}
+    groups, per_turn = steps // group, max(1, chunk // group)
+    turns = -(-groups // per_turn)
+    for turn in range(turns):
+        count = min(per_turn, groups - turn * per_turn)
+        for name in rotated(list(variants), turn):
+            variants[name].train(iterators[name], count)
+    for name in rotated(list(variants), epoch):
+        variants[name].validate()
 
 
 def make_variants(data: Path, params: dict, steps: int) -> dict[str, Variant]:
@@ -120,21 +155,37 @@ def make_variants(data: Path, params: dict, steps: int) -> dict[str, Variant]:
 
 
 def summary(variants: dict[str, Variant], steps: int) -> list[dict]:
-    baseline = statistics.median(next(iter(variants.values())).train_seconds)
-    baseline_epoch = statistics.median(next(iter(variants.values())).epoch_seconds)
+    """Each variant's median steps/s and epoch time; its ratios to (a), epoch by epoch (the
+    epochs that took turns with each other) and their median."""
+    baseline = next(iter(variants.values()))
     rows = []
     for name, variant in variants.items():
-        train_seconds = statistics.median(variant.train_seconds)
-        epoch_seconds = statistics.median(variant.epoch_seconds)
+        epochs = [
+            trained + validated
+            for trained, validated in zip(
+                variant.train_seconds, variant.validation_seconds, strict=True
+            )
+        ]
+        baseline_epochs = [
+            trained + validated
+            for trained, validated in zip(
+                baseline.train_seconds, baseline.validation_seconds, strict=True
+            )
+        ]
+        ratios = [a / v for a, v in zip(baseline.train_seconds, variant.train_seconds, strict=True)]
+        epoch_ratios = [a / v for a, v in zip(baseline_epochs, epochs, strict=True)]
         rows.append(
             {
                 "variant": name,
-                "steps_per_second": steps / train_seconds,
-                "over_a": baseline / train_seconds,
-                "epoch_seconds_with_validation": epoch_seconds,
-                "epoch_over_a": baseline_epoch / epoch_seconds,
+                "steps_per_second": steps / statistics.median(variant.train_seconds),
+                "over_a": statistics.median(ratios),
+                "over_a_runs": [round(ratio, 3) for ratio in ratios],
+                "epoch_seconds_with_validation": statistics.median(epochs),
+                "epoch_over_a": statistics.median(epoch_ratios),
                 "train_seconds_runs": [round(value, 2) for value in variant.train_seconds],
-                "epoch_seconds_runs": [round(value, 2) for value in variant.epoch_seconds],
+                "validation_seconds_runs": [
+                    round(value, 3) for value in variant.validation_seconds
+                ],
             }
         )
     return rows
@@ -143,7 +194,10 @@ def summary(variants: dict[str, Variant], steps: int) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=REPO / "data/prepared")
-    parser.add_argument("--repeats", type=int, default=5, help="epochs of each (default: 5)")
+    parser.add_argument("--epochs", type=int, default=5, help="of each (default: %(default)s)")
+    parser.add_argument(
+        "--chunk", type=int, default=52, help="steps of a turn (default: %(default)s)"
+    )
     parser.add_argument("--output", type=Path, help="(default: benchmarks/results/<machine>/)")
     arguments = parser.parse_args()
     machine = describe()
@@ -152,15 +206,20 @@ def main() -> None:
         tf.config.experimental.enable_op_determinism()  # as train runs
     steps = steps_per_epoch(arguments.data, params, 1)
     variants = make_variants(arguments.data, params, steps)
+    run_epoch_in_turns(variants, params, 0, WARMUP_STEPS, WARMUP_STEPS)  # compiles; untimed
     for variant in variants.values():
-        variant.run(params, WARMUP_STEPS)
-    names = list(variants)
-    for repeat in range(arguments.repeats):
-        for name in names[repeat % len(names) :] + names[: repeat % len(names)]:
-            trained, whole = variants[name].run(params, steps)
-            variants[name].train_seconds.append(trained)
-            variants[name].epoch_seconds.append(whole)
-            print(f"repeat {repeat + 1}: {name}: {steps / trained:.0f} steps/s", flush=True)
+        variant.train_seconds.clear()
+        variant.validation_seconds.clear()
+    for epoch in range(1, arguments.epochs + 1):
+        run_epoch_in_turns(variants, params, epoch, steps, arguments.chunk)
+        print(
+            f"epoch {epoch}: "
+            + ", ".join(
+                f"{name.split()[0]} {steps / variant.train_seconds[-1]:.0f} steps/s"
+                for name, variant in variants.items()
+            ),
+            flush=True,
+        )
     rows = summary(variants, steps)
     for row in rows:
         print(

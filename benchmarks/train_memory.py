@@ -10,7 +10,8 @@ Then, each as dvc.yaml runs it (`python -m stages.<stage>`), one process per run
   inside a cgroup v1 memory limit below the large set's size (--limit-mb): train on the
   large set streamed (it must finish), then held in memory (it must be killed).
 Each run's peak resident set is the kernel's (ru_maxrss, from wait4); under the limit, the
-cgroup's peak usage (page cache included) and how often it hit the limit are recorded too.
+cgroup's peak usage (page cache included: the data is first dropped from the cache, so the
+run caches it anew) and how often it reached the limit are recorded too.
 Writes benchmarks/results/<machine id>/train_memory.json (benchmarks/machine.py).
 Run    sudo python -m benchmarks.train_memory [--work DIR] [--limit-mb 1200]
        (root for the cgroup; without it the limited runs are skipped and said so)
@@ -130,8 +131,18 @@ def memory_limit(limit_bytes: int) -> Iterator[Path]:
         group.rmdir()  # its processes have exited
 
 
-def limited(command: list[str], log: Path, limit_bytes: int) -> dict:
-    """`command` run under a memory limit of its own; with the cgroup's peak and failures."""
+def evict(folder: Path) -> None:
+    """Drop `folder`'s files from the page cache: a run then reads them from disk, and its
+    cgroup is charged for caching them (pages stay charged to the group that cached them)."""
+    for path in folder.iterdir():
+        with path.open("rb") as file:
+            os.posix_fadvise(file.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+
+
+def limited(command: list[str], log: Path, limit_bytes: int, data: Path) -> dict:
+    """`command` run under a memory limit of its own, reading `data` from disk; with the
+    cgroup's peak and how often it reached the limit (and reclaimed cache)."""
+    evict(data)
     with memory_limit(limit_bytes) as group:
         run = measured(command, log, group)
         run["cgroup_peak_bytes"] = int((group / "memory.max_usage_in_bytes").read_text())
@@ -168,7 +179,9 @@ def train_run(work: Path, name: str, label: str, max_in_memory_mb: int, limit: i
         "--params", params, "--checkpoints", out / "checkpoints",
     )  # fmt: skip
     log = out / "train.log"
-    run = limited(command, log, limit) if limit else measured(command, log)
+    run = (
+        limited(command, log, limit, work / name / "prepared") if limit else measured(command, log)
+    )
     return run, out
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import csv
 import itertools
+import math
 import re
 import sys
 import textwrap
@@ -506,6 +507,121 @@ def prepare_speed() -> str:
         ]
         sections.append("\n".join(rows))
     return "\n\n".join(sections)
+
+
+def load_words(result: dict) -> str:
+    machine = result["machine"]
+    return (
+        f"load average {machine['load_average_1min_before']:.1f} before and "
+        f"{machine['load_average_1min_after']:.1f} after (other jobs on the cores)"
+    )
+
+
+def megabytes(count: float) -> str:
+    return f"{count / 1e6:,.0f} MB"
+
+
+def memory_row(what: str, split: str, run: dict) -> str:
+    """One row of train_memory's table: the run, its data, its peak and how it ended."""
+    ended = "finished" if run["exit_code"] == 0 else f"killed ({run['exit_code']})"
+    if run["exit_code"] == -9:
+        ended = "killed by the limit (SIGKILL; a shell says 137)"
+    if "cgroup_peak_bytes" in run:
+        ended += (
+            f"; the cgroup's peak {megabytes(run['cgroup_peak_bytes'])}, limit reached "
+            f"{run['cgroup_limit_hits']:,} times"
+        )
+    epoch = f"{run['epoch_seconds']:.0f} s" if "epoch_seconds" in run else "-"
+    return f"| {what} | {split} | {megabytes(run['peak_resident_bytes'])} | {epoch} | {ended} |"
+
+
+@generator
+def train_memory() -> str:
+    """docs/scale.md: train's, evaluate's and export's peak memory on two data sets whose
+    splits differ tenfold, and the large one under a memory limit."""
+    result = latest("train_memory")
+    if result is None:
+        return "Not measured yet (`python -m benchmarks.train_memory`)."
+    sets, runs = result["sets"], result["runs"]
+
+    def split(name: str, kind: str = "train") -> str:
+        images = sets[name][f"{kind}_images"]
+        pixels = images * math.prod(result["shape"])
+        return f"{images:,} images, {megabytes(pixels)}"
+
+    limit = megabytes(result["limit_bytes"]) if result["limit_bytes"] else None
+    rows = [
+        "| run | its split | peak resident set | epoch | how it ended |",
+        "| --- | --- | ---: | ---: | --- |",
+    ]
+    for name in ("small", "large"):
+        rows.append(memory_row("`train`, streamed", split(name), runs[f"{name}, streamed"]))
+    rows.append(memory_row("`train`, in memory", split("small"), runs["small, in memory"]))
+    for label in ("streamed", "in memory"):
+        key = f"large, {label}, under the limit"
+        if key in runs:
+            rows.append(memory_row(f"`train`, {label}, limit {limit}", split("large"), runs[key]))
+    for stage in ("evaluate", "export"):
+        for name in ("small", "large"):
+            run = runs[f"{name}, streamed"][stage]
+            rows.append(memory_row(f"`{stage}`", split(name, "test"), run))
+    small, large = (runs[f"{name}, streamed"] for name in ("small", "large"))
+    growth = large["peak_resident_bytes"] - small["peak_resident_bytes"]
+    in_memory = runs["small, in memory"]["peak_resident_bytes"] - small["peak_resident_bytes"]
+    params = result["params"]
+    disk = ", ".join(
+        f"{name} {megabytes(sets[name]['prepared_bytes'])}" for name in ("small", "large")
+    )
+    return "\n".join(
+        [
+            prose(
+                f"From {run_words(result)}, {load_words(result)}: {result['shape'][0]}x"
+                f"{result['shape'][1]} colour images, one epoch of the `{params['model']}` "
+                f"model in batches of {params['batch_size']}, each stage a process of its own."
+            ),
+            "",
+            *rows,
+            "",
+            prose(
+                f"Streamed, ten times the training data moved `train`'s peak by "
+                f"{megabytes(growth)}; held in memory, the small set's "
+                f"{megabytes(sets['small']['train_pixel_bytes'])} of pixels added "
+                f"{megabytes(in_memory)} to it. The resident set counts TensorFlow's own "
+                f"libraries, mapped from disk, which the cgroup charged to whoever read them "
+                f"first. The shards on disk (GZIP): {disk}."
+            ),
+        ]
+    )
+
+
+@generator
+def streaming_speed() -> str:
+    """docs/scale.md: MNIST's epochs, in memory as before, train's default now, streamed."""
+    result = latest("streaming_speed")
+    if result is None:
+        return "Not measured yet (`python -m benchmarks.streaming_speed`)."
+    rows = [
+        "| input | steps/s (median) | over (a) | epoch with validation | over (a) |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for variant in result["variants"]:
+        rows.append(
+            f"| {variant['variant']} | {variant['steps_per_second']:.0f} | "
+            f"{variant['over_a']:.3f}x | {variant['epoch_seconds_with_validation']:.1f} s | "
+            f"{variant['epoch_over_a']:.3f}x |"
+        )
+    repeats = len(result["variants"][0]["train_seconds_runs"])
+    return "\n".join(
+        [
+            prose(
+                f"From {run_words(result)}, {load_words(result)}: MNIST, params.yaml's values "
+                f"({result['steps_per_epoch']:,} steps an epoch), {repeats} epochs of each "
+                f"input in turns, in one process."
+            ),
+            "",
+            *rows,
+        ]
+    )
 
 
 def main() -> None:
