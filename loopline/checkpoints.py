@@ -180,7 +180,7 @@ class Checkpoints:
         self.directory.mkdir(parents=True, exist_ok=True)
         before = set(self.directory.iterdir())
         try:
-            # The history first: if we die between the two writes, restore() trims it.
+            # The history first: if the run dies between the two writes, restore() trims it.
             write_json(self.history_path, seal({"epochs": history}))
             self.epoch.assign(len(history))
             self.manager.save(checkpoint_number=len(history))

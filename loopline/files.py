@@ -95,7 +95,7 @@ def atomic_output(target: str | Path) -> Iterator[Path]:
         failed = write_error(error, target) if isinstance(error, Exception) else None
         if failed is None:
             raise
-        # Name the file the user will look for, not our temporary one.
+        # Name the file the user will look for, not the temporary one.
         failed.filename = str(failed.filename).replace(str(temporary), str(target), 1)
         raise failed from None
 
@@ -229,7 +229,7 @@ def run_stage(
     shells' exit codes 130 and 143. Anything else is a bug and keeps its traceback.
     """
     stage = Path(sys.argv[0]).stem
-    # A SIGINT ignored by whoever started us (nohup, a background job) stays ignored.
+    # A SIGINT ignored by whoever started the stage (nohup, a background job) stays ignored.
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         signal.signal(signal.SIGINT, _interrupt)
     if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:

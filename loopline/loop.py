@@ -8,8 +8,8 @@ from the epoch loop (and stops a run whose loss runs away).
 
 What makes it fast, without hiding the step:
 - XLA (`jit_compile`) compiles each group of steps into one program, where it plans the
-  steps' buffers together (4 steps per program: 1.29-1.42x as fast as 1 here; README,
-  Speed);
+  steps' buffers together (docs/results.md, Speed, measures 4 steps per program against
+  1);
 - Python is entered once per group, not once per step;
 - every batch has the same shape: training drops the last partial batch (and an epoch is a
   whole number of groups), evaluation pads its last batch and gives the padding zero

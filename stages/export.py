@@ -31,8 +31,8 @@ import tensorflow as tf
 
 # ai-edge-litert, not tf.lite.Interpreter: the latter warns that it is deprecated in TF 2.21
 # and will be removed; LiteRT is the maintained runtime with the same API, and the one a
-# device installs (a few MB, without TensorFlow), so the accuracy measured here is the
-# runtime's that ships.
+# device installs (a few MB, without TensorFlow), so the accuracy export reports is the
+# one of the runtime that ships.
 from ai_edge_litert.interpreter import Interpreter
 
 from loopline import records

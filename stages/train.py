@@ -7,7 +7,7 @@ Writes models/<dataset>: a SavedModel whose serving_default takes uint8 images [
        probabilities and classes; its assets.extra/loopline.json names the classes;
        metrics/train: DVCLive's files, rewritten after every epoch (so `dvc exp show` and
        `dvc metrics show` follow a running experiment): metrics.json holds the last epoch's
-       train and validation loss and accuracy, plots/metrics/ one TSV per metric.
+       validation accuracy, plots/metrics/ one TSV per metric and epoch.
 Keeps  .checkpoints/<key>/: the last finished epoch, so a killed run resumes there
        (loopline/checkpoints.py); removed once the model is written. A damaged one is
        named in one line and the run starts afresh. Under `multi_worker`

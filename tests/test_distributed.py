@@ -51,9 +51,9 @@ SMALL = {
     "eval_batch_size": 32,
     "seed": 3,
 }
-TIME_LIMIT = 120  # seconds, for each group of processes; they take 5-15 s here
+TIME_LIMIT = 120  # seconds, for each group of processes; they take 5-15 s on 2 cores
 # `none` and `mirrored` add the same numbers in a different order (two half-batch
-# gradients summed across replicas): 1.2e-7 relative apart here after 3 epochs (12 steps);
+# gradients summed across replicas): about 1e-7 relative apart after 3 epochs (12 steps);
 # the gap grows with the steps (1e-3 after 250 steps of real MNIST).
 LOSS_TOLERANCE = 1e-4
 

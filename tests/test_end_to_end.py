@@ -121,8 +121,8 @@ def repro_killed_after_epoch_one(root: Path, env: dict, log: Path) -> dict:
 def project(tmp_path_factory):
     """The project after its first `dvc repro`, killed during training, and the second,
     which resumed it; both committed, with a DVC remote (a directory) in git before any
-    experiment, as README says (`dvc exp push` sends an experiment's outputs to the remote
-    its own commit names)."""
+    experiment, as docs/experiments.md says (`dvc exp push` sends an experiment's outputs
+    to the remote its own commit names)."""
     root = tmp_path_factory.mktemp("project")
     env = make_project(root, **SMALL)
     storage = tmp_path_factory.mktemp("storage")
@@ -210,8 +210,8 @@ def test_a_refused_value_keeps_every_output(project):
     )
     assert "Running stage 'train'" not in result.stdout  # validate stopped DVC first
     assert {"model": model.read_bytes(), **results(root)} == before
-    # Recovery, as README says: the committed params back, and nothing re-runs. (Not with
-    # `git checkout HEAD -- params.yaml`: after the refused run, git's index may hold the
+    # Recovery, as docs/troubleshooting.md says: the committed params back, and nothing re-runs.
+    # (Not with `git checkout HEAD -- params.yaml`: after the refused run, git's index may hold the
     # committed hash with the new file's timestamp, and git then sees nothing to restore.)
     run(["sh", "-c", "git show HEAD:params.yaml > params.yaml"], root, env)
     assert "epochs: 2" in (root / "params.yaml").read_text()
@@ -261,10 +261,10 @@ def follow(root: Path, env: dict, name: str, deadline: float) -> str:
 
 def test_queued_experiments_run_in_a_copy_of_what_git_and_dvc_track(project):
     root, env, _, _ = project
-    # As in README's sweeps. The queue runs each experiment in a temporary copy of the
-    # repository holding only what git and DVC track (a git-ignored input would be missing
-    # there): one retrains MNIST reading the 1e-05 that DVC writes back for 1e-5, the other
-    # runs every stage on the digits folder, which only DVC tracks.
+    # As in the sweeps of docs/experiments.md. The queue runs each experiment in a temporary copy of
+    # the repository holding only what git and DVC track (a git-ignored input would be missing
+    # there): one retrains MNIST reading the 1e-05 that DVC writes back for 1e-5, the other runs
+    # every stage on the digits folder, which only DVC tracks.
     names = []
     for overrides in (["-S", "epochs=1", "-S", "learning_rate=1e-5"], DIGITS):
         output = run(["dvc", "exp", "run", "--queue", *overrides], root, env)
@@ -300,8 +300,9 @@ def test_queued_experiments_run_in_a_copy_of_what_git_and_dvc_track(project):
 
 
 def test_push_then_pull_into_a_fresh_clone_leaves_nothing_to_run(project, tmp_path):
-    """The remote round trip as README shows it: `dvc push` and `dvc exp push` in one clone;
-    `git clone`, `dvc pull` and `dvc exp pull` in another, which then has every output."""
+    """The remote round trip as docs/experiments.md shows it: `dvc push` and `dvc exp push`
+    in one clone; `git clone`, `dvc pull` and `dvc exp pull` in another, which then has
+    every output."""
     first, env, _, _ = project
     second, origin = tmp_path / "second", tmp_path / "origin.git"  # clone, git server
     assert run(["git", "status", "--porcelain"], first, env) == ""

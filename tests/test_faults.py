@@ -348,7 +348,7 @@ def test_a_tensorflow_write_error_becomes_one_naming_the_file(tmp_path):
 
 @pytest.fixture
 def tiny_disk(tmp_path):
-    """A 2 MB tmpfs, where this machine lets us mount one (root in a container)."""
+    """A 2 MB tmpfs, where the machine allows mounting one (root in a container)."""
     mount = tmp_path / "disk"
     mount.mkdir()
     result = subprocess.run(
@@ -445,9 +445,8 @@ def test_a_signal_ends_a_stage_in_one_line_and_leaves_nothing(tmp_path, signum, 
 
 def test_tensorflows_start_up_notices_are_dropped_and_its_other_lines_kept(tmp_path):
     # A stand-in `tensorflow` that writes, while it is imported, TensorFlow 2.21's start-up
-    # notices (these lines seen here without TF_CPP_MIN_LOG_LEVEL; earlier machines printed
-    # some even with it), then a line that must reach the terminal, as a fatal error from
-    # its native code would.
+    # notices (printed without TF_CPP_MIN_LOG_LEVEL, and by some builds even with it), then a
+    # line that must reach the terminal, as a fatal error from its native code would.
     notices = [
         "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
         "I0000 00:00:1796514948.977846    6366 cpu_feature_guard.cc:227] This TensorFlow "

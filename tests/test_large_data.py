@@ -20,7 +20,7 @@ def test_prepare_holds_one_shard_not_the_data_set(tmp_path):
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    # Measured: 4.4 MiB (copy buffers, and a shard of 500 images: 0.4 MB); loading the
+    # About 4.4 MiB (copy buffers, and a shard of 500 images: 0.4 MB); loading the
     # arrays whole, as np.load does, holds 16 MB of training images alone.
     data_bytes = arrays["x_train"].nbytes + arrays["x_test"].nbytes
     assert peak < data_bytes / 3, f"{peak / 2**20:.1f} MiB at peak"
