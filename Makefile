@@ -57,8 +57,8 @@ docs: $(STAMP)
 # without XLA (max pooling has no deterministic XLA gradient: params.py refuses the
 # combination), one step per call (without XLA, more steps per program only lengthen the
 # first trace). Mixed bfloat16 where the CPU has AMX, the bfloat16 matrix units that make
-# it 2x as fast as float32; without them bfloat16 is slower (1.8x, AMX turned off), so
-# float32. docs/research-log.md says how it was chosen. `make best` replaces an experiment
+# it about twice as fast as float32; without them bfloat16 is slower than float32, so
+# float32 there. docs/research-log.md says how it was chosen. `make best` replaces an experiment
 # named best, if any; `make print-best` prints the overrides (benchmarks/time_to_accuracy.py
 # reads them).
 BEST_PRECISION := $(shell grep -qs amx_bf16 /proc/cpuinfo && echo mixed_bfloat16 || echo float32)

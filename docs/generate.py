@@ -271,8 +271,10 @@ def time_to_accuracy() -> str:
     for result in read_results("time_to_accuracy").values():
         runs = result["runs"]
         repros = runs.get("default_repro", [])
+        # The recipe as that commit's Makefile had it: older runs measured older recipes.
+        recipe = " ".join(value for value in result.get("best_overrides", []) if value != "-S")
         rows = [
-            prose(f"{run_words(result)}:"),
+            prose(f"{run_words(result)}; `make best` was `{recipe}` there:"),
             "",
             "| turn (seed) | tutorial's program | `make best`'s `dvc exp run` | ratio "
             "| default `dvc repro` |",

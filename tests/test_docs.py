@@ -142,3 +142,9 @@ def test_every_function_the_docs_name_is_in_the_code() -> None:
         for code in INLINE_CODE.findall(prose(text)):
             for name in re.findall(r"(?<![\w./-])([a-z]+(?:_[a-z0-9]+)+)\b", code):
                 assert name in words, f"{page}: `{code}` names {name}, which the code does not"
+
+
+def test_readme_is_read_in_five_minutes() -> None:
+    """At most 200 lines: reference material belongs to docs/*.md, linked from README."""
+    lines = (REPO / "README.md").read_text().count("\n")
+    assert lines <= 200, f"README.md: {lines} lines; move reference material to docs/"
