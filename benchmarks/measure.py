@@ -176,8 +176,12 @@ def input_pipeline(data_dir: Path) -> dict[str, float]:
     shards = [str(path) for path in sorted(data_dir.glob("train-*.tfrecord.gz"))]
     start = time.perf_counter()
     parsed = tf.data.TFRecordDataset(shards, compression_type=records.COMPRESSION)
+    shape = records.data_meta(data_dir).shape
     parsed_count = sum(
-        len(labels) for _, labels in parsed.batch(records.PARSE_BATCH).map(records.parse_batch)
+        len(labels)
+        for _, labels in parsed.batch(records.PARSE_BATCH).map(
+            lambda batch: records.parse_batch(batch, shape)
+        )
     )
     parse_seconds, start = time.perf_counter() - start, time.perf_counter()
     images, labels = records.load_split(data_dir, "train")

@@ -40,9 +40,15 @@ import tensorflow as tf  # noqa: E402
 
 from benchmarks.machine import describe, write_results  # noqa: E402
 from loopline import records  # noqa: E402
-from loopline.data import distribute_train_dataset, make_train_dataset, pipeline_options  # noqa: E402
+from loopline.data import (  # noqa: E402
+    distribute_train_dataset,
+    make_train_dataset,
+    pipeline_options,
+    training_shares,
+    validation_dataset,
+)
 from loopline.distribute import make_strategy  # noqa: E402
-from loopline.loop import Trainer, steps_per_epoch  # noqa: E402
+from loopline.loop import Trainer, build_trainer, steps_per_epoch  # noqa: E402
 from loopline.params import load_params  # noqa: E402
 from stages import train as train_stage  # noqa: E402
 
@@ -130,13 +136,13 @@ def make_variants(data: Path, params: dict, steps: int) -> dict[str, Variant]:
 
     def trainer() -> Trainer:
         keras.utils.set_random_seed(params["seed"])  # the same initial weights for each
-        return train_stage.build_trainer(params, strategy, steps, meta)
+        return build_trainer(params, strategy, steps, meta)
 
     images, labels = records.load_split(data, "train")
     before_validation = arrays_eval_dataset(
         *records.load_split(data, "validation"), params["eval_batch_size"]
     )
-    validation = train_stage.validation_dataset(data, params["eval_batch_size"])
+    validation = validation_dataset(data, params["eval_batch_size"])
     return {
         "(a) before: in memory, validation in memory": Variant(
             trainer(),
@@ -146,10 +152,10 @@ def make_variants(data: Path, params: dict, steps: int) -> dict[str, Variant]:
             before_validation,
         ),
         "(b) now, default: in memory, validation streamed": Variant(
-            trainer(), train_stage.training_shares(data, params["max_in_memory_mb"]), validation
+            trainer(), training_shares(data, params["max_in_memory_mb"]), validation
         ),
         "(c) streamed (max_in_memory_mb 0)": Variant(
-            trainer(), train_stage.training_shares(data, 0), validation
+            trainer(), training_shares(data, 0), validation
         ),
     }
 

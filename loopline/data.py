@@ -13,6 +13,7 @@ worker of a distributed run reads only its own share of the training shards.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -158,3 +159,49 @@ def distribute_train_dataset(
         return share.repeat()
 
     return strategy.distribute_datasets_from_function(dataset_fn)
+
+
+def load_training_shards(data_dir: Path, part: int, parts: int) -> tuple[np.ndarray, np.ndarray]:
+    """Worker `part` of `parts`: its training shard files (all of them for a single worker)."""
+    images, labels = records.load_split(data_dir, "train", part, parts)
+    if parts > 1:
+        print(f"train: worker {part} of {parts}: {len(images)} examples from its training shards")
+    return images, labels
+
+
+def training_files(data_dir: Path, part: int, parts: int) -> list[Path]:
+    """Worker `part` of `parts`: its training shard files, checked, to stream."""
+    paths = records.split_files(data_dir, "train", part, parts)
+    if parts > 1:
+        names = ", ".join(path.name.split("-")[1] for path in paths)
+        print(f"train: worker {part} of {parts}: streams its training shards {names}")
+    return paths
+
+
+def training_shares(data_dir: Path, max_in_memory_mb: int) -> ShareDataset:
+    """How each epoch reads the training split: held in memory (decoded once, shuffled
+    whole) if its pixels take at most `max_in_memory_mb` MB, else streamed from its shards."""
+    examples, _ = records.split_shards(data_dir, "train")
+    shape = records.data_meta(data_dir).shape
+    megabytes = f"{examples:,} training images ({examples * math.prod(shape) / 1e6:,.1f} MB)"
+    if fits_in_memory(examples, shape, max_in_memory_mb):
+        print(f"train: {megabytes} held in memory")
+        load = functools.cache(functools.partial(load_training_shards, data_dir))
+        return lambda part, parts, batch_size, seed: make_train_dataset(
+            *load(part, parts), batch_size, seed
+        )
+    print(
+        f"train: {megabytes} streamed from their shards (over max_in_memory_mb: "
+        f"{max_in_memory_mb}), shuffled {shuffle_buffer_size(shape):,} at a time"
+    )
+    files = functools.cache(functools.partial(training_files, data_dir))
+    return lambda part, parts, batch_size, seed: stream_train_dataset(
+        files(part, parts), shape, batch_size, seed
+    )
+
+
+def validation_dataset(data_dir: Path, eval_batch_size: int) -> tf.data.Dataset:
+    """The validation split, streamed in order every epoch (its shards checked first)."""
+    examples, _ = records.split_shards(data_dir, "validation")
+    paths = records.split_files(data_dir, "validation")
+    return make_eval_dataset(paths, records.data_meta(data_dir).shape, examples, eval_batch_size)

@@ -31,8 +31,10 @@ from typing import TYPE_CHECKING
 import keras
 import tensorflow as tf
 
+from loopline.distribute import supports_xla
+from loopline.model import build_model
 from loopline.params import check_train_params, dispatch_table
-from loopline.records import split_shards
+from loopline.records import DataMeta, split_shards
 
 if TYPE_CHECKING:  # only annotates run_epoch: the loop needs no DVCLive
     from loopline.progress import Progress
@@ -223,3 +225,28 @@ SCHEDULES = dispatch_table(
     ),
     onecycle=one_cycle,
 )
+
+
+def build_trainer(
+    params: dict, strategy: tf.distribute.Strategy, steps: int, data: DataMeta
+) -> Trainer:
+    """The model for `data`'s images and classes, its optimizer and metrics, created in the
+    strategy's scope."""
+    jit_compile = params["jit_compile"] and supports_xla(strategy)
+    if jit_compile != params["jit_compile"]:
+        replicas = strategy.num_replicas_in_sync
+        print(
+            f"train: jit_compile off: XLA cannot run {replicas} replicas on CPU (see distribute.py)"
+        )
+    schedule = SCHEDULES[params["learning_rate_schedule"]]
+    learning_rate = schedule(params["learning_rate"], params["epochs"] * steps)
+    with strategy.scope():
+        return Trainer(
+            build_model(params["model"], data.shape, len(data.classes), params["precision"]),
+            keras.optimizers.Adam(learning_rate, beta_2=params["adam_beta_2"]),
+            strategy,
+            params["batch_size"],
+            jit_compile,
+            params["steps_per_execution"],
+            params["label_smoothing"],
+        )

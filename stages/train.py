@@ -23,8 +23,6 @@ if __name__ == "__main__":  # the command line: before TensorFlow is imported be
     loopline.import_tensorflow_quietly()
 
 import argparse
-import functools
-import math
 import shutil
 import tempfile
 import time
@@ -32,24 +30,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from loopline import records
 from loopline.checkpoints import Checkpoints, open_checkpoints
-from loopline.data import (
-    ShareDataset,
-    distribute_train_dataset,
-    fits_in_memory,
-    make_eval_dataset,
-    make_train_dataset,
-    shuffle_buffer_size,
-    stream_train_dataset,
-)
-from loopline.distribute import lost_peer, make_strategy, supports_xla
+from loopline.data import distribute_train_dataset, training_shares, validation_dataset
+from loopline.distribute import lost_peer, make_strategy
 from loopline.files import StageError, atomic_output, run_stage
-from loopline.loop import SCHEDULES, RunawayTrainingError, Trainer, run_epoch, steps_per_epoch
-from loopline.model import build_model, export_saved_model, model_card
+from loopline.loop import RunawayTrainingError, Trainer, build_trainer, run_epoch, steps_per_epoch
+from loopline.model import export_saved_model, model_card
 from loopline.params import load_params
 from loopline.progress import Progress, log_epoch, open_live
 
@@ -70,52 +59,6 @@ PARAMS = (
     "eval_batch_size",
     "max_in_memory_mb",
 )
-
-
-def load_training_shards(data_dir: Path, part: int, parts: int) -> tuple[np.ndarray, np.ndarray]:
-    """Worker `part` of `parts`: its training shard files (all of them for a single worker)."""
-    images, labels = records.load_split(data_dir, "train", part, parts)
-    if parts > 1:
-        print(f"train: worker {part} of {parts}: {len(images)} examples from its training shards")
-    return images, labels
-
-
-def training_files(data_dir: Path, part: int, parts: int) -> list[Path]:
-    """Worker `part` of `parts`: its training shard files, checked, to stream."""
-    paths = records.split_files(data_dir, "train", part, parts)
-    if parts > 1:
-        names = ", ".join(path.name.split("-")[1] for path in paths)
-        print(f"train: worker {part} of {parts}: streams its training shards {names}")
-    return paths
-
-
-def training_shares(data_dir: Path, max_in_memory_mb: int) -> ShareDataset:
-    """How each epoch reads the training split: held in memory (decoded once, shuffled
-    whole) if its pixels take at most `max_in_memory_mb` MB, else streamed from its shards."""
-    examples, _ = records.split_shards(data_dir, "train")
-    shape = records.data_meta(data_dir).shape
-    megabytes = f"{examples:,} training images ({examples * math.prod(shape) / 1e6:,.1f} MB)"
-    if fits_in_memory(examples, shape, max_in_memory_mb):
-        print(f"train: {megabytes} held in memory")
-        load = functools.cache(functools.partial(load_training_shards, data_dir))
-        return lambda part, parts, batch_size, seed: make_train_dataset(
-            *load(part, parts), batch_size, seed
-        )
-    print(
-        f"train: {megabytes} streamed from their shards (over max_in_memory_mb: "
-        f"{max_in_memory_mb}), shuffled {shuffle_buffer_size(shape):,} at a time"
-    )
-    files = functools.cache(functools.partial(training_files, data_dir))
-    return lambda part, parts, batch_size, seed: stream_train_dataset(
-        files(part, parts), shape, batch_size, seed
-    )
-
-
-def validation_dataset(data_dir: Path, eval_batch_size: int) -> tf.data.Dataset:
-    """The validation split, streamed in order every epoch (its shards checked first)."""
-    examples, _ = records.split_shards(data_dir, "validation")
-    paths = records.split_files(data_dir, "validation")
-    return make_eval_dataset(paths, records.data_meta(data_dir).shape, examples, eval_batch_size)
 
 
 def train_epoch(
@@ -152,31 +95,6 @@ def train_epoch(
         flush=True,
     )
     return row
-
-
-def build_trainer(
-    params: dict, strategy: tf.distribute.Strategy, steps: int, data: records.DataMeta
-) -> Trainer:
-    """The model for `data`'s images and classes, its optimizer and metrics, created in the
-    strategy's scope."""
-    jit_compile = params["jit_compile"] and supports_xla(strategy)
-    if jit_compile != params["jit_compile"]:
-        replicas = strategy.num_replicas_in_sync
-        print(
-            f"train: jit_compile off: XLA cannot run {replicas} replicas on CPU (see distribute.py)"
-        )
-    schedule = SCHEDULES[params["learning_rate_schedule"]]
-    learning_rate = schedule(params["learning_rate"], params["epochs"] * steps)
-    with strategy.scope():
-        return Trainer(
-            build_model(params["model"], data.shape, len(data.classes), params["precision"]),
-            keras.optimizers.Adam(learning_rate, beta_2=params["adam_beta_2"]),
-            strategy,
-            params["batch_size"],
-            jit_compile,
-            params["steps_per_execution"],
-            params["label_smoothing"],
-        )
 
 
 @dataclass

@@ -133,3 +133,12 @@ def test_train_memorys_data_set_is_an_npz_of_learnable_images(tmp_path: Path) ->
         bar[3 * label : 3 * label + 2] = True
         assert np.all(image[bar] == 255) and np.all(image[~bar] < 40)  # the label's bar only
     assert "class 9" in (folder / "dataset.yaml").read_text()
+
+
+def test_train_speeds_input_pipeline_reads_every_prepared_example(prepared: Path) -> None:
+    """(e) of `make bench` on a small prepared split: each part of the way is timed over
+    the whole training split."""
+    from benchmarks import measure
+
+    rates = measure.input_pipeline(prepared)
+    assert len(rates) == 4 and all(rate > 0 for rate in rates.values()), rates

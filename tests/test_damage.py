@@ -34,7 +34,7 @@ from hypothesis import strategies as st
 from loopline import files, records
 from loopline.checkpoints import open_checkpoints
 from loopline.distribute import make_strategy
-from loopline.loop import steps_per_epoch
+from loopline.loop import build_trainer, steps_per_epoch
 from loopline.model import build_model, export_saved_model, model_card
 from loopline.params import load_params
 from loopline.savedmodel import load_card, load_classifier
@@ -118,7 +118,7 @@ def make_trainer(root: Path):
     data = root / "data/prepared"
     keras.utils.set_random_seed(params["seed"])
     steps = steps_per_epoch(data, params, 1)
-    return train_stage.build_trainer(params, make_strategy("none"), steps, records.data_meta(data))
+    return build_trainer(params, make_strategy("none"), steps, records.data_meta(data))
 
 
 # -- Damage -------------------------------------------------------------------------------

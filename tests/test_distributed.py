@@ -26,6 +26,7 @@ import pytest
 import tensorflow as tf
 
 from loopline import distribute, records
+from loopline.data import training_shares
 from loopline.model import export_saved_model
 from stages import train as train_stage
 from tests.conftest import (
@@ -342,7 +343,7 @@ def test_workers_share_the_training_files_between_them(prepared):
 
 
 def test_a_streaming_worker_reads_only_its_training_files(prepared):
-    shares = train_stage.training_shares(prepared, max_in_memory_mb=0)
+    shares = training_shares(prepared, max_in_memory_mb=0)
     for part in range(3):
         expected, expected_labels = records.load_split(prepared, "train", part, 3)
         # Batches of 1 drop nothing: the whole share, once, in a seeded order.

@@ -10,23 +10,25 @@ import tensorflow as tf
 from PIL import Image
 
 from loopline import records
-from loopline.model import build_model, export_saved_model, model_card, write_card
-from loopline.savedmodel import CARD, load_classifier, predict
-from stages.evaluate import (
+from loopline.mistakes import (
     GRID_COLUMNS,
     HEADER_HEIGHT,
     IMAGE_BOX,
     TILE_HEIGHT,
     TILE_WIDTH,
     Mistakes,
-    compute_metrics,
     draw_mistakes,
-    evaluate_test_split,
     most_confident_mistakes,
+    write_mistakes,
+)
+from loopline.model import build_model, export_saved_model, model_card, write_card
+from loopline.savedmodel import CARD, load_classifier, predict
+from stages.evaluate import (
+    compute_metrics,
+    evaluate_test_split,
     per_class_accuracy,
     summarise,
     write_confusion,
-    write_mistakes,
 )
 
 
