@@ -1,14 +1,15 @@
-"""streaming_speed: MNIST's training epochs as train read them before it could stream, as it
-reads them now by default, and streamed from the shards, side by side.
+"""streaming_speed: MNIST's training epochs held in memory as train read them before it could
+stream, as it reads them by default, and streamed from the shards, side by side.
 
 In one process, on data/prepared, with params.yaml's values (the tutorial model, batches of
 32, XLA, 4 steps per call, op determinism), three trainers from the same initial weights
 train whole epochs (every full batch, then the validation split):
-  (a) before: the training split decoded once into memory (records.load_split), shuffled
+  (a) in memory: the training split decoded once into memory (records.load_split), shuffled
       whole every epoch (make_train_dataset), validation from arrays in memory: the input
       train had before streaming, kept here as the reference;
-  (b) now: stages.train's own input with params.yaml's max_in_memory_mb (MNIST's 43 MB of
-      training pixels are held in memory), validation streamed from its shard;
+  (b) train's default: its own input (loopline/data.py training_shares) with params.yaml's
+      max_in_memory_mb (MNIST's 43 MB of training pixels are held in memory), validation
+      streamed from its shard;
   (c) streamed: the same with max_in_memory_mb 0.
 Other jobs share the machine, so the three take turns every --chunk steps within each epoch
 (the order rotating), and a burst of load elsewhere hits them alike: each variant's epoch
@@ -144,14 +145,14 @@ def make_variants(data: Path, params: dict, steps: int) -> dict[str, Variant]:
     )
     validation = validation_dataset(data, params["eval_batch_size"])
     return {
-        "(a) before: in memory, validation in memory": Variant(
+        "(a) in memory, validation in memory": Variant(
             trainer(),
             lambda part, parts, batch_size, seed: make_train_dataset(
                 images, labels, batch_size, seed
             ),
             before_validation,
         ),
-        "(b) now, default: in memory, validation streamed": Variant(
+        "(b) train's default: in memory, validation streamed": Variant(
             trainer(), training_shares(data, params["max_in_memory_mb"]), validation
         ),
         "(c) streamed (max_in_memory_mb 0)": Variant(
