@@ -30,7 +30,11 @@ def main() -> None:
     summary = finished.stdout.strip().splitlines()[-1] if finished.stdout.strip() else ""
     counts = SUMMARY.search(summary)
     if finished.returncode != 0 or counts is None:
-        sys.exit(f"error: {' '.join(command)} failed ({summary or finished.stderr[-500:]})")
+        failed = [
+            line.split()[1] for line in finished.stdout.splitlines() if line.startswith("FAILED ")
+        ]
+        which = f": {', '.join(failed)}" if failed else ""
+        sys.exit(f"error: {' '.join(command)} failed ({summary or finished.stderr[-500:]}){which}")
     path = machine.write_results(
         "suite_time",
         {
