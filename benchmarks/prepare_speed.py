@@ -12,8 +12,8 @@ weigh ten times less), and generated colour JPEGs of several sizes, resized to o
 once, before any timing: each reader's time is its work, without the ~3 s a fresh process
 spends importing TensorFlow. The medians of --repeats turns are reported, with their
 range, the load average (1 minute) seen during the turns and the priority the run had
-(`scheduling`: on a machine other jobs keep busy, run it in a session of its own at a
-higher priority, as benchmarks/README.md shows, so that they take less of its time).
+(`scheduling`: on a machine other jobs keep busy, run it under `setsid` at a higher
+priority, as benchmarks/README.md shows, so that they take less of its time).
 Writes benchmarks/results/<machine>/prepare_speed.json (benchmarks/machine.py).
 Run    python -m benchmarks.prepare_speed [--repeats 5] [--photos 2000] [--copies 10]
 """

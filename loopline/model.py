@@ -118,30 +118,23 @@ class FusedBatchNormalization(layers.BatchNormalization):
     """
 
     def call(self, inputs: tf.Tensor, training: bool | None = None) -> tf.Tensor:
-        if training and self.trainable:
-            # exponential_avg_factor: the kernel also returns the updated moving averages.
-            outputs, moving_mean, moving_variance = tf.compat.v1.nn.fused_batch_norm(
-                inputs,
-                self.gamma.value,
-                self.beta.value,
-                mean=self.moving_mean.value,
-                variance=self.moving_variance.value,
-                epsilon=self.epsilon,
-                is_training=True,
-                exponential_avg_factor=1.0 - self.momentum,
-            )
-            self.moving_mean.assign(moving_mean)
-            self.moving_variance.assign(moving_variance)
-            return outputs
-        outputs, _, _ = tf.compat.v1.nn.fused_batch_norm(
+        training = bool(training and self.trainable)
+        # In training, exponential_avg_factor makes the kernel also return the updated
+        # moving averages.
+        averaging = {"exponential_avg_factor": 1.0 - self.momentum} if training else {}
+        outputs, moving_mean, moving_variance = tf.compat.v1.nn.fused_batch_norm(
             inputs,
             self.gamma.value,
             self.beta.value,
             mean=self.moving_mean.value,
             variance=self.moving_variance.value,
             epsilon=self.epsilon,
-            is_training=False,
+            is_training=training,
+            **averaging,
         )
+        if training:
+            self.moving_mean.assign(moving_mean)
+            self.moving_variance.assign(moving_variance)
         return outputs
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +24,22 @@ from benchmarks.pipeline_timings import environment
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+def run_without_tensorflow(arguments: list[str]) -> subprocess.CompletedProcess:
+    """`python ARGUMENTS` in the repository, as a stage runs; the test fails unless it exits
+    0 without importing any module of TensorFlow (`-X importtime` lists every import)."""
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", *arguments],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines()}
+    assert not {name for name in imported if name.startswith("tensorflow")}
+    return result
 
 
 def scratch_env(**extra: str) -> dict[str, str]:

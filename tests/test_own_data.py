@@ -34,6 +34,7 @@ from tests.conftest import (
     PREPARE_PARAMS,
     REPO,
     image_folder,
+    run_without_tensorflow,
     sha256,
     synthetic_arrays,
     write_images,
@@ -443,17 +444,9 @@ def test_a_decoding_worker_answers_as_this_process_would(tmp_path):
 
 def test_check_data_is_one_line_and_imports_no_tensorflow(tmp_path):
     folder = image_folder(tmp_path / "data", classes=2, per_class=5)
-    command = [sys.executable, "-X", "importtime", "-m", "stages.check_data"]
-    result = subprocess.run(
-        [*command, str(folder), str(tmp_path / "dataset.json")],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
+    result = run_without_tensorflow(
+        ["-m", "stages.check_data", str(folder), str(tmp_path / "dataset.json")]
     )
-    assert result.returncode == 0, result.stderr
-    imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines()}
-    assert not {name for name in imported if name.startswith("tensorflow")}
     assert (
         result.stdout
         == "check_data: data: 2 classes, 8 train, 2 test images (10x12 grey, images)\n"
